@@ -36,3 +36,12 @@ def pytest_terminal_summary(terminalreporter):
     terminalreporter.write_sep("-", "tests per layer")
     for layer, c in counts.items():
         terminalreporter.write_line(f"{layer:8s} {c['passed']} passed, {c['failed']} failed")
+
+
+@pytest.fixture(scope="session")
+def comfy_server():
+    """One real ComfyUI server (main.py --cpu, loopback) shared by the e2e and browser layers."""
+    from tests.support.server import ComfyServer
+
+    with ComfyServer() as server:
+        yield server

@@ -1,0 +1,30 @@
+"""The pack in the real frontend: its nodes are found by the node search and its web extension loads."""
+import time
+
+from tests.browser.conftest import artifact
+
+
+def test_web_extension_is_served_and_registered(page, comfy_server):
+    listed = page.evaluate("fetch('/extensions').then(r => r.json())")
+    ours = [path for path in listed if "/ComfyUI-DragEdit/" in path]
+    assert ours, listed
+    page.wait_for_function("app.extensions.some(e => e.name && e.name.startsWith('DragEdit'))", timeout=30000)
+    assert not [e for e in page.errors if "DragEdit" in e], page.errors
+
+
+def test_node_search_finds_the_pack_nodes(page):
+    page.keyboard.press("Escape")
+    box = page.locator("#graph-canvas").bounding_box()
+    page.mouse.dblclick(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.6)
+    search = page.locator("input[placeholder*='Search'], .comfy-vue-node-search-container input").first
+    search.wait_for(timeout=15000)
+    search.fill("DragEdit")
+    deadline = time.time() + 15
+    text = ""
+    while time.time() < deadline:
+        text = page.locator(".p-autocomplete-overlay, .comfy-vue-node-search-box, [role='listbox']").first.inner_text()
+        if "DDIM Inversion" in text:
+            break
+        time.sleep(0.3)
+    page.screenshot(path=str(artifact("node_search.png")))
+    assert "DDIM Inversion" in text, text[:500]

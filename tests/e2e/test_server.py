@@ -1,0 +1,70 @@
+"""A real ComfyUI server (main.py --cpu on loopback) loads the pack and runs every example workflow."""
+import pathlib
+import shutil
+
+import pytest
+from PIL import Image
+
+from tests.support import workflow
+from tests.support.pack import REPO
+from tests.support.server import PACK_DIR_NAME, ComfyServer, WorkflowFailed, make_base_dir
+
+EXAMPLES = sorted((REPO / "example_workflows").glob("*.json"))
+EXAMPLE_INPUTS = REPO / "example_workflows" / "inputs"
+
+
+def pack_nodes(object_info):
+    return {name: info for name, info in object_info.items() if info.get("python_module", "").endswith(PACK_DIR_NAME)}
+
+
+def test_pack_imports_and_lists_its_nodes_in_one_category(comfy_server):
+    assert not [l for l in _failed_imports(comfy_server.log()) if PACK_DIR_NAME in l]
+    nodes = pack_nodes(comfy_server.object_info())
+    assert len(nodes) >= 3, sorted(nodes)
+    for name, info in nodes.items():
+        assert name.startswith("DragEdit"), name
+        assert info["category"] == "DragEdit", (name, info["category"])
+        assert len(info["description"]) > 20, (name, info["description"])
+
+
+def _failed_imports(log):
+    return [line for line in log.splitlines() if "IMPORT FAILED" in line]
+
+
+def test_there_is_an_example_workflow():
+    assert EXAMPLES, "example_workflows/ holds no workflow"
+
+
+def run_example(server, path):
+    for image in EXAMPLE_INPUTS.glob("*.png"):
+        server.upload_image(image)
+    prompt = workflow.ui_to_api(workflow.load(path), server.object_info())
+    entry = server.run(prompt, timeout=900)
+    return server.output_files(entry)
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_example_workflow_runs_and_writes_an_image(comfy_server, path):
+    files = run_example(comfy_server, path)
+    saved = [f for f in files if f.parent.name == "output" or "output" in f.parts]
+    assert saved, f"{path.name} saved no image; outputs: {files}"
+    for f in saved:
+        with Image.open(f) as im:
+            assert im.size[0] >= 64 and im.size[1] >= 64
+            assert len(set(im.convert("L").getdata())) > 1, f"{f} is a flat image"
+
+
+def test_the_harness_sees_a_node_that_raises(tmp_path):
+    """Break the pack on purpose (every node raises) and check the harness reports the failure."""
+    broken = tmp_path / PACK_DIR_NAME
+    shutil.copytree(REPO, broken, ignore=shutil.ignore_patterns(".dev", ".git", "tests", "__pycache__"))
+    with open(broken / "nodes" / "__init__.py", "a") as f:
+        f.write("\n\ndef _deliberately_broken(cls, **inputs):\n"
+                "    raise RuntimeError('deliberately broken by the harness test')\n\n\n"
+                "for _module in _MODULES:\n"
+                "    for _node in _module.NODES:\n"
+                "        _node.execute = classmethod(_deliberately_broken)\n")
+    with ComfyServer(base_dir=make_base_dir(pack_dir=broken)) as server:
+        assert pack_nodes(server.object_info()), "the broken copy of the pack did not load"
+        with pytest.raises(WorkflowFailed, match="deliberately broken"):
+            run_example(server, EXAMPLES[0])
