@@ -88,7 +88,8 @@ def step_vectors(spec: MotionSupervision, handles: torch.Tensor, targets: torch.
 def sample_patch(features: torch.Tensor, centers: torch.Tensor, r: int) -> torch.Tensor:
     """Bilinear (2r+1)^2 patches of a feature map around float centers, differentiable in the map.
 
-    features: [1, C, H, W]; centers: [N, 2] (row, col), float or long. Returns [N, C, 2r+1, 2r+1].
+    features: [1, C, H, W]; centers: [N, 2] (row, col), float or long. Returns [N, C, 2r+1, 2r+1], contiguous,
+    so a per-point reduction has the same bits as on a patch sampled alone.
     Boundary protection: sample positions outside the map read the nearest edge pixel (border replication), so
     patches near the edge keep their shape instead of raising or wrapping as the official slicing can
     (DD drag_utils.py:L138-146 protects only the unshifted patch). Integer centers give exact slices.
@@ -106,7 +107,7 @@ def sample_patch(features: torch.Tensor, centers: torch.Tensor, r: int) -> torch
     wy, wx = fy[:, :, None], fx[:, None, :]
     patch = (fmap[:, r_lo, c_lo] * ((1 - wy) * (1 - wx)) + fmap[:, r_hi, c_lo] * (wy * (1 - wx))
              + fmap[:, r_lo, c_hi] * ((1 - wy) * wx) + fmap[:, r_hi, c_hi] * (wy * wx))
-    return patch.transpose(0, 1)
+    return patch.transpose(0, 1).contiguous()
 
 
 def drag_loss(spec: MotionSupervision, features: torch.Tensor, handles: torch.Tensor, targets: torch.Tensor,
@@ -126,9 +127,12 @@ def drag_loss(spec: MotionSupervision, features: torch.Tensor, handles: torch.Te
         reference = sample_patch(features.detach(), handles, spec.r1)
     d = step_vectors(spec, handles, targets, torch.float64)
     moved = sample_patch(features, handles.to(torch.float64) + d, spec.r1)
-    per_point = (moved - reference.to(moved.dtype)).abs().mean(dim=(1, 2, 3))
-    weight = active_points(handles, targets).to(per_point.dtype) * spec.patch_weight
-    return (per_point * weight).sum()
+    diff = (moved - reference.to(moved.dtype)).abs()
+    weight = active_points(handles, targets).to(diff.dtype) * spec.patch_weight
+    loss = diff.new_zeros(())
+    for n in range(diff.shape[0]):  # one mean per point: the same bits as a per-point loop, whatever N is
+        loss = loss + diff[n].mean() * weight[n]
+    return loss
 
 
 def latent_keep(mask: torch.Tensor | None, sup_size: tuple[int, int], latent_size: tuple[int, int],

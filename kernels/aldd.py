@@ -1,0 +1,318 @@
+"""AlDD, GoodDrag's alternating drag and denoising, as a `StepPolicy`; DragDiffusion is its one-chunk case.
+
+Before each drag step of an `aldd_plan`, the policy optimizes the edit latent (batch item 1 of z = [source, edit],
+VP space, gooddrag.md §0) with a fresh Adam: B drags of J gradient steps each, tracking the handles after every
+drag (gooddrag.md §3.1-3.2). The loop then takes the DDIM step of both items, with MasaCtrl-style bank attention
+where the plan (or `revise_step`, once dragging stopped early) says so; that is the host's eps_fn.
+DragDiffusion (gooddrag.md §2) is the `DRAGDIFFUSION` preset: the switches of gooddrag.md §3.4.
+
+Points are handles/targets float [N, 2] (x, y) in image pixels with image_size (W, H); inside, they are long
+(row, col) at supervision resolution, sup = (int(H/2), int(W/2)) by default (gooddrag.md §0).
+"""
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+
+from . import motion as motion_mod
+from . import tracker as tracker_mod
+from .ddim import StepPolicy, ddim_step
+from .motion import DRAGDIFFUSION_MOTION, GOODDRAG_MOTION, MotionSupervision
+from .plan import (DRAGDIFFUSION_DRAG_STEPS, DRAGDIFFUSION_STRENGTH, GOODDRAG_DRAG_STEPS, GOODDRAG_STRENGTH,
+                   PlanStep, aldd_plan)
+from .schedule import alpha_bar_at
+from .tracker import DRAGDIFFUSION_R2, GOODDRAG_R2, TrackerSpec
+
+TRACK_TIMINGS = ("after", "before")
+
+
+@dataclass(frozen=True)
+class AlDDSettings:
+    """The AlDD schedule and optimizer; defaults are GoodDrag's bench values (gooddrag.md §3.3).
+
+    strength: inverted fraction of the steps (0.75 -> t=741). drag_steps: T2, timesteps with a drag chunk.
+    drags_per_step: B. grad_steps_per_drag: J. lr: Adam lr on VP z. max_no_change: stop dragging after this many
+    consecutive trackings that moved no handle, counted across timesteps as GoodDrag does; 0 = never.
+    track_timing: "after" = GoodDrag's code, tracking right after the J-th step on the features computed before
+    it (one step stale); "before" = on fresh features at the next forward, before that loss (DragDiffusion).
+    track_at_step_start: re-track (uncounted) on the first forward of each chunk (GoodDrag; pipeline.py:L551-558).
+    bank_from_start: MasaCtrl on the drag steps' DDIM steps too (DragDiffusion) instead of after dragging.
+    """
+    strength: float = GOODDRAG_STRENGTH
+    drag_steps: int = GOODDRAG_DRAG_STEPS
+    drags_per_step: int = 10
+    grad_steps_per_drag: int = 3
+    lr: float = 0.02
+    max_no_change: int = 5
+    track_timing: str = "after"
+    track_at_step_start: bool = True
+    bank_from_start: bool = False
+
+    def __post_init__(self):
+        for name in ("drag_steps", "max_no_change"):
+            _check_int(name, getattr(self, name), 0)
+        for name in ("drags_per_step", "grad_steps_per_drag"):
+            _check_int(name, getattr(self, name), 1)
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr!r}")
+        if self.track_timing not in TRACK_TIMINGS:
+            raise ValueError(f"track_timing must be one of {TRACK_TIMINGS}, got {self.track_timing!r}")
+
+    def plan(self, num_steps: int = 50) -> list[PlanStep]:
+        """The step plan for these settings; raises ValueError naming drag_steps if T2 exceeds the steps left."""
+        return aldd_plan(num_steps, self.strength, self.drag_steps, self.bank_from_start)
+
+
+@dataclass(frozen=True)
+class AlDDPreset:
+    """Settings, loss and tracker that together make one method."""
+    settings: AlDDSettings
+    motion: MotionSupervision
+    tracker: TrackerSpec
+
+
+GOODDRAG = AlDDPreset(AlDDSettings(), GOODDRAG_MOTION, TrackerSpec(GOODDRAG_R2))
+DRAGDIFFUSION = AlDDPreset(
+    AlDDSettings(strength=DRAGDIFFUSION_STRENGTH, drag_steps=DRAGDIFFUSION_DRAG_STEPS, drags_per_step=80,
+                 grad_steps_per_drag=1, lr=0.01, max_no_change=0, track_timing="before",
+                 track_at_step_start=False, bank_from_start=True),
+    DRAGDIFFUSION_MOTION, TrackerSpec(DRAGDIFFUSION_R2))
+
+
+def _check_int(name, value, low):
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+
+
+def supervision_size(image_size: tuple[int, int]) -> tuple[int, int]:
+    """(sup_h, sup_w) = (int(0.5 H), int(0.5 W)) for image_size (W, H): 256x256 for 512^2 (gooddrag.md §0)."""
+    width, height = image_size
+    return int(0.5 * height), int(0.5 * width)
+
+
+def split_points(points) -> tuple[torch.Tensor, torch.Tensor]:
+    """handles, targets float [N, 2] from the datasets' flat alternating list [[x, y]_handle, [x, y]_target, ...]."""
+    points = torch.as_tensor(points, dtype=torch.float64)
+    if points.dim() != 2 or points.shape[1] != 2 or points.shape[0] == 0:
+        raise ValueError(f"points must be a non-empty list of [x, y] pairs, got shape {tuple(points.shape)}")
+    if points.shape[0] % 2:
+        raise ValueError(f"points must alternate handle, target: got an odd number ({points.shape[0]})")
+    return points[0::2], points[1::2]
+
+
+def to_supervision(points_xy: torch.Tensor, image_size: tuple[int, int],
+                   sup_size: tuple[int, int]) -> torch.Tensor:
+    """long [N, 2] (row, col) = round(y / H * sup_h), round(x / W * sup_w) (GD pipeline.py:L308-322).
+
+    torch.round rounds half to even as the official code. A point in the last image column or row can round to
+    sup_w or sup_h, one past the map, where the official code would index out of range; it is clipped.
+    """
+    width, height = image_size
+    sup_h, sup_w = sup_size
+    xy = points_xy.to(torch.float64)
+    rc = torch.stack([xy[:, 1] / height * sup_h, xy[:, 0] / width * sup_w], dim=1).round().long()
+    return torch.minimum(rc.clamp(min=0), torch.tensor([sup_h - 1, sup_w - 1]).to(rc))
+
+
+def to_image(rc: torch.Tensor, image_size: tuple[int, int], sup_size: tuple[int, int]) -> torch.Tensor:
+    """float [..., 2] (x, y) image pixels from (row, col) sup-res points; inverse of `to_supervision` to 1 px."""
+    width, height = image_size
+    sup_h, sup_w = sup_size
+    rc = rc.to(torch.float64)
+    return torch.stack([rc[..., 1] * (width / sup_w), rc[..., 0] * (height / sup_h)], dim=-1)
+
+
+def _check_points(name: str, points, image_size) -> torch.Tensor:
+    points = torch.as_tensor(points, dtype=torch.float64).cpu()
+    if points.dim() != 2 or points.shape[1] != 2 or points.shape[0] == 0:
+        raise ValueError(f"{name} must be float [N, 2] (x, y) with N >= 1, got shape {tuple(points.shape)}")
+    width, height = image_size
+    inside = (points[:, 0] >= 0) & (points[:, 0] < width) & (points[:, 1] >= 0) & (points[:, 1] < height)
+    if not bool(inside.all()):
+        bad = points[~inside][0].tolist()
+        raise ValueError(f"{name} must lie inside the {width}x{height} image; got (x, y) = {bad}")
+    return points
+
+
+def _feature_map(features) -> torch.Tensor:
+    """The one supervision map [1, C, H, W]: the taps concatenated on channels, as GD forward_unet_features."""
+    if isinstance(features, torch.Tensor):
+        return features
+    return features[0] if len(features) == 1 else torch.cat(list(features), dim=1)
+
+
+class AlDDPolicy(StepPolicy):
+    """The AlDD drag engine for `ddim.denoise`; one instance per run (style.md §4.6.2).
+
+    forward_fn(z [1, 4, h, w], t) -> (eps [1, 4, h, w], list of [1, C_k, sup_h, sup_w]): one UNet forward
+        WITHOUT bank attention, with grad when grad is enabled (docs/CONTRACTS.md). The policy calls it on the
+        edit latent during dragging and on the source latent for the reference trajectory: before each drag
+        chunk at t it computes features[t] = F(z0_t) and orig_next[t] = DDIM(z0_t) from the source branch, so
+        the T2 reference steps cost one forward each and only the current one is held (gooddrag.md §3.1).
+    plan: the run's plan (`settings.plan(num_steps)`); drag steps must be consecutive.
+    alphas_cumprod: float64 [1000]. handles, targets: float [N, 2] (x, y) image px. image_size: (W, H).
+    mask: editable region at image resolution (see `motion.latent_keep`), or None.
+    sup_size: (sup_h, sup_w) of the feature maps; default `supervision_size(image_size)`.
+    grad_scaler: a torch.amp.GradScaler when forward_fn runs under fp16 autocast, as both official codes.
+    callback(info) after every gradient step: dict(i, t, grad_step, total, drag, handles, loss), where handles
+        is long [N, 2] sup (row, col) and loss a 0-d tensor; the host shows progress and checks interruption.
+
+    denoise must be called with z = [z_source, z_edit] ([2, 4, h, w], both the inverted latent at the first
+    step); drags change item 1 only. After the run: `handles` (sup), `final_handles_xy()`, `trajectory_xy()`,
+    `stop_reason` ("reached", "no_change" or None) and the counters grad_steps, trackings, start_trackings.
+    """
+
+    def __init__(self, forward_fn, plan, alphas_cumprod: torch.Tensor, handles, targets,
+                 image_size: tuple[int, int], *, settings: AlDDSettings = GOODDRAG.settings,
+                 motion: MotionSupervision = GOODDRAG.motion, tracker: TrackerSpec = GOODDRAG.tracker,
+                 mask: torch.Tensor | None = None, sup_size: tuple[int, int] | None = None,
+                 grad_scaler=None, callback=None):
+        width, height = image_size
+        if width < 2 or height < 2:
+            raise ValueError(f"image_size must be (W, H) with both >= 2, got {image_size!r}")
+        handles_xy = _check_points("handles", handles, image_size)
+        targets_xy = _check_points("targets", targets, image_size)
+        if handles_xy.shape[0] != targets_xy.shape[0]:
+            raise ValueError(f"targets must match handles one to one: {handles_xy.shape[0]} handles, "
+                             f"{targets_xy.shape[0]} targets")
+        if mask is not None and (not 2 <= mask.dim() <= 4 or mask.numel() != mask.shape[-2] * mask.shape[-1]):
+            raise ValueError(f"mask must be [H, W], [1, H, W] or [1, 1, H, W], got shape {tuple(mask.shape)}")
+        drag_steps = [s for s in plan if s.drag]
+        for prev, cur in zip(drag_steps, drag_steps[1:]):
+            if cur.t != prev.t_prev:
+                raise ValueError(f"plan: drag steps must be consecutive; t={prev.t} is followed by t={cur.t}")
+        self.forward_fn = forward_fn
+        self.alphas_cumprod = alphas_cumprod
+        self.settings, self.motion, self.tracker = settings, motion, tracker
+        self.image_size = (width, height)
+        self.sup_size = tuple(sup_size) if sup_size is not None else supervision_size(image_size)
+        self.mask = mask
+        self.grad_scaler = grad_scaler
+        self.callback = callback
+        self.origins = to_supervision(handles_xy, image_size, self.sup_size)
+        self.handles = self.origins.clone()
+        self.targets = to_supervision(targets_xy, image_size, self.sup_size)
+        self.trajectory = [self.handles]
+        self.total = len(drag_steps) * settings.drags_per_step * settings.grad_steps_per_drag
+        self.grad_steps = self.trackings = self.start_trackings = 0
+        self.no_change = 0
+        self.stop_reason = None
+        self._z_ref = None
+        self._keep = None
+
+    @property
+    def done(self) -> bool:
+        """True once every handle reached its target or the no-change limit hit; no further chunk runs."""
+        return self.stop_reason is not None
+
+    def final_handles_xy(self) -> torch.Tensor:
+        """float [N, 2] (x, y) image px of the last tracked handles (the DRAG_POINTS the node returns)."""
+        return to_image(self.handles.cpu(), self.image_size, self.sup_size)
+
+    def trajectory_xy(self) -> torch.Tensor:
+        """float [S, N, 2] (x, y) image px: the start, then the handles after every tracking, for previews."""
+        return to_image(torch.stack(self.trajectory).cpu(), self.image_size, self.sup_size)
+
+    def revise_step(self, step: PlanStep) -> PlanStep:
+        """Once dragging stopped early, later drag steps are plain steps with MasaCtrl (GD pipeline.py:L695-704)."""
+        if step.drag and self.done:
+            return dataclasses.replace(step, drag=False, bank_attention=True)
+        return step
+
+    def before_step(self, step: PlanStep, z: torch.Tensor) -> torch.Tensor:
+        """z [2, 4, h, w] with item 1 dragged at step.t, item 0 untouched; z itself when the step has no drag."""
+        if not step.drag:
+            return z
+        if z.dim() != 4 or z.shape[0] != 2:
+            raise ValueError(f"z must be [2, C, h, w] = [source, edit] on drag steps, got {tuple(z.shape)}")
+        if self._z_ref is None:
+            self._z_ref = z[:1].detach()
+            self._start(z)
+        a_t, a_prev = alpha_bar_at(self.alphas_cumprod, step.t), alpha_bar_at(self.alphas_cumprod, step.t_prev)
+        with torch.no_grad():
+            eps_ref, features = self.forward_fn(self._z_ref, step.t)
+            ref = _feature_map(features)
+            if tuple(ref.shape[-2:]) != self.sup_size or ref.dim() != 4:
+                raise ValueError(f"forward_fn features must be [1, C, {self.sup_size[0]}, {self.sup_size[1]}] "
+                                 f"(sup_size), got {tuple(ref.shape)}")
+            orig_next, _ = ddim_step(self._z_ref, eps_ref, a_t, a_prev)
+        z_edit = self._drag(step, z[1:], ref, orig_next, a_t, a_prev)
+        self._z_ref = orig_next
+        return torch.cat([z[:1], z_edit.to(z.dtype)])
+
+    def _start(self, z: torch.Tensor):
+        device = z.device
+        self.origins, self.handles, self.targets = (p.to(device) for p in (self.origins, self.handles, self.targets))
+        self.trajectory = [self.handles]
+        mask = None if self.mask is None else self.mask.to(device)
+        keep = motion_mod.latent_keep(mask, self.sup_size, tuple(z.shape[-2:]), self.motion)
+        self._keep = None if keep is None else keep.to(device=device, dtype=z.dtype)
+
+    def _drag(self, step, z_edit, ref, orig_next, a_t, a_prev) -> torch.Tensor:
+        """One drag chunk at step.t (gooddrag.md §3.2); returns the optimized z_edit [1, 4, h, w], detached."""
+        settings = self.settings
+        z = z_edit.detach().clone().requires_grad_(True)
+        optimizer = torch.optim.Adam([z], lr=settings.lr)
+        cur = drags = 0
+        pending = False
+        first = True
+        while True:
+            final = pending and drags == settings.drags_per_step
+            with torch.set_grad_enabled(not final):
+                eps, features = self.forward_fn(z, step.t)
+            fmap = _feature_map(features)
+            check = first
+            if first and settings.track_at_step_start:
+                self._track(fmap, ref, counted=False)
+            first = False
+            if pending:
+                self._track(fmap, ref, counted=True)
+                pending, check = False, True
+            if final or (check and self._stopped()):
+                break
+            z_prev, _ = ddim_step(z, eps, a_t, a_prev)
+            loss = motion_mod.drag_loss(self.motion, fmap, self.handles, self.targets, ref, self.origins)
+            if self._keep is not None:
+                loss = loss + motion_mod.latent_term(self.motion, z_prev, orig_next, self._keep)
+            optimizer.zero_grad(set_to_none=True)
+            if self.grad_scaler is None:
+                loss.backward()
+                optimizer.step()
+            else:
+                self.grad_scaler.scale(loss).backward()
+                self.grad_scaler.step(optimizer)
+                self.grad_scaler.update()
+            self.grad_steps += 1
+            cur += 1
+            if cur == settings.grad_steps_per_drag:
+                cur = 0
+                drags += 1
+                if settings.track_timing == "before":
+                    pending = True
+                else:
+                    self._track(fmap, ref, counted=True)
+            if self.callback is not None:
+                self.callback(dict(i=step.i, t=step.t, grad_step=self.grad_steps, total=self.total, drag=drags,
+                                   handles=self.handles, loss=loss.detach()))
+            if settings.track_timing == "after" and cur == 0 and (
+                    drags == settings.drags_per_step or self._stopped()):
+                break
+        return z.detach()
+
+    def _track(self, fmap: torch.Tensor, ref: torch.Tensor, counted: bool):
+        new = tracker_mod.track(self.tracker, fmap, ref, self.handles, self.origins)
+        if counted:
+            self.trackings += 1
+            self.no_change = self.no_change + 1 if torch.equal(new, self.handles) else 0
+        else:
+            self.start_trackings += 1
+        self.handles = new
+        self.trajectory.append(new)
+
+    def _stopped(self) -> bool:
+        """GoodDrag's two stops (pipeline.py:L563-571): all handles within 2 sup px, or the no-change limit."""
+        if motion_mod.all_reached(self.handles, self.targets):
+            self.stop_reason = "reached"
+        elif self.settings.max_no_change and self.no_change >= self.settings.max_no_change:
+            self.stop_reason = "no_change"
+        return self.done
