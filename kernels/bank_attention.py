@@ -40,8 +40,10 @@ def masked_context(n: torch.Tensor, n_base: torch.Tensor, n_rep: torch.Tensor,
     """Mode 'masked' (appearance, paste): K, V from [n_base[~M_b] ; n_rep[M_r]]; own K, V dropped.
 
     n [B, N, C]; n_base, n_rep [1, N, C] from the two banks; base_idx, rep_idx: token indices from
-    `masked_token_indices`, on the banks' device. -> (ctx, ctx) [B, K_b + K_r, C].
+    `masked_token_indices`, best made on the banks' device (else copied there). -> (ctx, ctx) [B, K_b + K_r, C].
     """
+    base_idx = base_idx.to(n_base.device, non_blocking=True)
+    rep_idx = rep_idx.to(n_rep.device, non_blocking=True)
     ctx = torch.cat([n_base.index_select(1, base_idx), n_rep.index_select(1, rep_idx)], dim=1)
     ctx = _to(ctx, n)
     return ctx, ctx

@@ -6,6 +6,7 @@ import torch
 from diffusers import DDIMScheduler
 
 from comfyui_dragedit.kernels import plan, schedule
+from comfyui_dragedit.kernels.ddim import ddim_step
 
 
 def sd_scheduler():
@@ -98,7 +99,6 @@ def test_eps_from_v_prediction(ac):
 
 
 def test_v_prediction_step_matches_diffusers(ac):
-    from comfyui_dragedit.kernels.ddim import ddim_step
     ref = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1,
                         set_alpha_to_one=False, clip_sample=False, prediction_type="v_prediction")
     ref.set_timesteps(50)
