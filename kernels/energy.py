@@ -202,6 +202,7 @@ def move(mask: torch.Tensor, offset: Sequence[float], latent_size: Tuple[int, in
     Raises ValueError (naming the argument) for an empty mask, scale <= 0, or an object moved off the image.
     """
     size = _latent_size(latent_size)
+    scale = M.check_scale(scale)
     input_scale = _finite("input_scale", input_scale, positive=True)
     dx, dy = _offset(offset, input_scale)
     org = _object(mask, size, "mask")
@@ -220,7 +221,7 @@ def move(mask: torch.Tensor, offset: Sequence[float], latent_size: Tuple[int, in
         masks=dict(org=org, cur=cur, other=other, non_overlap=org & ~cur, ref=other if ref is None else ref),
         gate=M.down(cur, size), sde_mask=M.down(cur | org, size), pairs=((p.dst, p.src),),
         noise_pairs=_noise_placement(mask, size, d_lat, scale, faithful_bugs, roll_canvas=True),
-        layer_weights=layer_weights, faithful_bugs=faithful_bugs, offset=(dx, dy), scale=float(scale))
+        layer_weights=layer_weights, faithful_bugs=faithful_bugs, offset=(dx, dy), scale=scale)
 
 
 def resize(mask: torch.Tensor, scale: float, latent_size: Tuple[int, int], *, offset: Sequence[float] = (0.0, 0.0),
@@ -257,6 +258,7 @@ def paste(mask: torch.Tensor, offset: Sequence[float], latent_size: Tuple[int, i
     masks['base'] is the destination M_b, masks['replace'] the source M_r (also the masked bank-attention pair).
     """
     size = _latent_size(latent_size)
+    scale = M.check_scale(scale)
     input_scale = _finite("input_scale", input_scale, positive=True)
     dx, dy = _offset(offset, input_scale)
     src = _object(mask, size, "mask")
@@ -273,7 +275,7 @@ def paste(mask: torch.Tensor, offset: Sequence[float], latent_size: Tuple[int, i
         masks=dict(base=p.mask, replace=src, other=~p.mask), gate=M.down(p.mask, size),
         sde_mask=M.down(p.mask, size), pairs=((p.dst, p.src),),
         noise_pairs=_noise_placement(mask, size, d_lat, scale, faithful_bugs, roll_canvas=False),
-        layer_weights=layer_weights, faithful_bugs=faithful_bugs, offset=(dx, dy), scale=float(scale))
+        layer_weights=layer_weights, faithful_bugs=faithful_bugs, offset=(dx, dy), scale=scale)
 
 
 def _points(points, name: str, size: Tuple[int, int], input_scale: float) -> torch.Tensor:
@@ -367,7 +369,8 @@ def _flat(features, name: str, size: Tuple[int, int]):
     for f in features:
         if f.dim() != 4 or f.shape[0] != 1 or tuple(f.shape[-2:]) != size:
             raise ValueError(f"{name}: expected maps [1, C, {size[0]}, {size[1]}], got {tuple(f.shape)}")
-        out.append(f[0].flatten(1).float())   # [C, N]; float32 whatever the autocast dtype, for the cosines
+        f = f[0].flatten(1)   # [C, N]
+        out.append(f.float() if f.dtype in (torch.float16, torch.bfloat16) else f)   # cosines in fp32 at least
     return out
 
 
@@ -397,7 +400,7 @@ def _sum(terms, like: torch.Tensor) -> torch.Tensor:
 
 def energies(guidance: EnergyGuidance, cur: Sequence[torch.Tensor], ref: Sequence[torch.Tensor],
              src: Optional[Sequence[torch.Tensor]] = None) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(E_edit, E_con), two 0-d float32 tensors, for the guidance's mode (§3.1-3.4).
+    """(E_edit, E_con), two 0-d tensors (fp32, or fp64 for fp64 features), for the guidance's mode (§3.1-3.4).
 
     cur, ref, src: lists of L feature maps [1, C_l, 2h, 2w]: current (with graph), base reference, replace
     reference (appearance and paste only; move and drag pull from `ref`). Terms with a zero weight or an empty

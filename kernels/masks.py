@@ -114,7 +114,8 @@ class Placement(NamedTuple):
     src: torch.Tensor
 
 
-def _check_scale(scale: float) -> float:
+def check_scale(scale: float) -> float:
+    """A resize factor as a float; ValueError naming `scale` unless finite and > 0."""
     if not math.isfinite(scale) or scale <= 0:
         raise ValueError(f"scale: must be a finite number > 0, got {scale}")
     return float(scale)
@@ -130,7 +131,7 @@ def place(mask: torch.Tensor, offset: Sequence[float], scale: float = 1.0) -> Pl
     (about the object, not the image centre); `place_about_image_centre` is the official geometry.
     Raises ValueError for an empty mask, scale <= 0 or an offset that moves the whole object off the grid.
     """
-    scale = _check_scale(scale)
+    scale = check_scale(scale)
     dx, dy = (float(v) for v in offset)
     if not (math.isfinite(dx) and math.isfinite(dy)):
         raise ValueError(f"offset: must be finite, got {tuple(offset)}")
@@ -162,7 +163,7 @@ def place_about_image_centre(mask: torch.Tensor, size: Tuple[int, int], scale: f
     correspondence only without wrap-around); False pairs them by position, as the official z_T copy does.
     A crop that drops object pixels raises the official "Resize out of bounds" unless `allow_crop`.
     """
-    scale = _check_scale(scale)
+    scale = check_scale(scale)
     h, w = size
     ch, cw = int(h * scale), int(w * scale)
     if ch < 1 or cw < 1:
