@@ -1,9 +1,9 @@
 """The pack's ComfyUI nodes (V3 schema). Each module lists its node classes in `NODES`."""
 from comfy_api.latest import ComfyExtension, io
 
-from . import inversion
+from . import cross_attention, inversion
 
-_MODULES = (inversion,)
+_MODULES = (inversion, cross_attention)
 
 
 class DragEditExtension(ComfyExtension):

@@ -100,7 +100,7 @@ class BankAttentionPatch(_Patch):
         return n, kv[0], kv[1]
 
 
-class _RecordPatch(_Patch):
+class RecordPatch(_Patch):
     """attn1_patch that hands each decoder self-attention input to a recorder: `record(block, n)`."""
 
     def __init__(self, layers, record):
@@ -113,7 +113,7 @@ class _RecordPatch(_Patch):
         return n, context_attn1, value_attn1
 
 
-class _TapPatch(_Patch):
+class TapPatch(_Patch):
     """output_block_patch: ComfyUI calls it before output block k, so `h` there is block k-1's output."""
 
     def __init__(self, tap):

@@ -39,7 +39,9 @@ def load_test_checkpoint():
 
 def run_node(node_cls, unique_id="1", **inputs):
     """Execute a V3 node as the executor does: a class clone with hidden inputs, under inference_mode."""
-    clone = node_cls.PREPARE_CLASS_CLONE({"unique_id": unique_id})
+    from comfy_api.latest import io
+
+    clone = node_cls.PREPARE_CLASS_CLONE({io.Hidden.unique_id: unique_id})
     with torch.inference_mode():
         out = clone.execute(**inputs)
     return out
