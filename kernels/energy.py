@@ -123,11 +123,12 @@ class EnergyGuidance:
 
     def to(self, device) -> "EnergyGuidance":
         """A copy with every tensor on `device` (masks, indices, gate), for use inside the loop."""
-        move = lambda pairs: tuple((a.to(device), b.to(device)) for a, b in pairs)  # noqa: E731
+        def pairs_on(pairs):
+            return tuple((dst.to(device), src.to(device)) for dst, src in pairs)
         return dataclasses.replace(
             self, masks={k: v.to(device) for k, v in self.masks.items()}, gate=self.gate.to(device),
-            sde_mask=self.sde_mask.to(device), pairs=move(self.pairs), push=tuple(p.to(device) for p in self.push),
-            noise_pairs=move(self.noise_pairs))
+            sde_mask=self.sde_mask.to(device), pairs=pairs_on(self.pairs), push=tuple(p.to(device) for p in self.push),
+            noise_pairs=pairs_on(self.noise_pairs))
 
 
 # ----------------------------------------------------------------------------------------------------------- build

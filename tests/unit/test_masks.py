@@ -1,4 +1,4 @@
-"""Mask geometry: grids, empty-mask conventions, placement without wrap-around (dragondiffusion.md §11.8, §9.4/9.6)."""
+"""Mask geometry: grids, empty-mask conventions, placement without wrap-around (dragondiffusion.md §11.8, 9.4)."""
 import pytest
 import torch
 
