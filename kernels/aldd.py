@@ -26,6 +26,11 @@ from .tracker import DRAGDIFFUSION_R2, GOODDRAG_R2, TrackerSpec
 TRACK_TIMINGS = ("after", "before")
 
 
+def _check_int(name, value, low):
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+
+
 @dataclass(frozen=True)
 class AlDDSettings:
     """The AlDD schedule and optimizer; defaults are GoodDrag's bench values (gooddrag.md §3.3).
@@ -34,7 +39,8 @@ class AlDDSettings:
     drags_per_step: B. grad_steps_per_drag: J. lr: Adam lr on VP z. max_no_change: stop dragging after this many
     consecutive trackings that moved no handle, counted across timesteps as GoodDrag does; 0 = never.
     track_timing: "after" = GoodDrag's code, tracking right after the J-th step on the features computed before
-    it (one step stale); "before" = on fresh features at the next forward, before that loss (DragDiffusion).
+    it (one step stale); "before" = on fresh features at the next forward, before that loss (DragDiffusion);
+    a chunk then ends with one gradient-free forward that places its last tracking.
     track_at_step_start: re-track (uncounted) on the first forward of each chunk (GoodDrag; pipeline.py:L551-558).
     bank_from_start: MasaCtrl on the drag steps' DDIM steps too (DragDiffusion) instead of after dragging.
     """
@@ -77,11 +83,6 @@ DRAGDIFFUSION = AlDDPreset(
                  grad_steps_per_drag=1, lr=0.01, max_no_change=0, track_timing="before",
                  track_at_step_start=False, bank_from_start=True),
     DRAGDIFFUSION_MOTION, TrackerSpec(DRAGDIFFUSION_R2))
-
-
-def _check_int(name, value, low):
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
 
 
 def supervision_size(image_size: tuple[int, int]) -> tuple[int, int]:
@@ -238,7 +239,7 @@ class AlDDPolicy(StepPolicy):
             orig_next, _ = ddim_step(self._z_ref, eps_ref, a_t, a_prev)
         z_edit = self._drag(step, z[1:], ref, orig_next, a_t, a_prev)
         self._z_ref = orig_next
-        return torch.cat([z[:1], z_edit.to(z.dtype)])
+        return torch.cat([z[:1], z_edit])
 
     def _start(self, z: torch.Tensor):
         device = z.device
