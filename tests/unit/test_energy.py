@@ -172,7 +172,7 @@ def test_energies_are_stationary_at_the_exact_edit(case):
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_gated_gradient_steps_descend(case):
-    """§11.7: -λ m↓⊙∇E_edit lowers E_edit, -λ (1-m↓)⊙∇E_con lowers E_con; first order -λ‖m∇E‖²."""
+    """§11.7: -λ m↓⊙∇E_edit lowers E_edit, -λ (1-m↓)⊙∇E_con lowers E_con, by -λ‖m∇E‖² to 1st order."""
     g, z_ref, z_src, _, _ = CASES[case]()
     e_edit, e_con = edit_con(g, z_ref, z_src)
     m = g.gate.to(torch.float64)[None, None]
