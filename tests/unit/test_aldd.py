@@ -398,3 +398,31 @@ def test_presets_match_the_spec_tables():
     assert (dd.motion.variant, dd.motion.r1, dd.tracker.r2, dd.motion.patch_weight) == ("dragdiffusion", 1, 3, 9)
     plan = dd.settings.plan(50)
     assert plan[0].t == 681 and plan[0].drag and all(s.bank_attention for s in plan)
+
+
+def test_a_grad_scaler_drives_backward_and_step():
+    class CountingScaler:  # the torch.amp.GradScaler interface the policy uses, with scale 1
+        def __init__(self):
+            self.calls = []
+
+        def scale(self, loss):
+            self.calls.append("scale")
+            return loss
+
+        def step(self, optimizer):
+            self.calls.append("step")
+            optimizer.step()
+
+        def update(self):
+            self.calls.append("update")
+
+    settings = dataclasses.replace(GOODDRAG.settings, drag_steps=1, drags_per_step=2)
+    handles, targets = _xy([12, 14]), _xy([40, 20])
+    plain, _, _ = _run(settings, GOODDRAG.motion, GOODDRAG.tracker, handles, targets)
+    scaler, unet, z = CountingScaler(), StubUNet(), _latent()
+    plan = settings.plan(50)
+    policy = AlDDPolicy(unet.forward, plan, ALPHAS, handles, targets, IMAGE, settings=settings, grad_scaler=scaler)
+    with torch.enable_grad():
+        scaled = ddim.denoise(unet.eps_fn, torch.cat([z, z]), plan, ALPHAS, policy)
+    assert scaler.calls == ["scale", "step", "update"] * 6
+    assert torch.equal(scaled, plain)
