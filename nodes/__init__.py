@@ -1,9 +1,9 @@
 """The pack's ComfyUI nodes (V3 schema). Each module lists its node classes in `NODES`."""
 from comfy_api.latest import ComfyExtension, io
 
-from . import cross_attention, inversion
+from . import cross_attention, features, inversion, points
 
-_MODULES = (inversion, cross_attention)
+_MODULES = (inversion, features, cross_attention, points)
 
 
 class DragEditExtension(ComfyExtension):

@@ -3,7 +3,7 @@
 Kernels see the UNet as `eps_fn(z, step)`, `features_fn(z, t)` and `forward_fn(z, t)` on the VP latent z
 (docs/CONTRACTS.md). This module builds those from a ModelPatcher clone, once per run, and hands progress,
 interruption and previews back to ComfyUI. Everything the pack changes in a model is a patch on a clone,
-registered under the key "dragedit" (style.md §4.4); the host's MODEL object is never modified.
+a patch object of this module (style.md §4.4); the host's MODEL object is never modified.
 """
 import contextlib
 import dataclasses
@@ -17,9 +17,10 @@ import comfy.utils
 import latent_preview
 
 from ..kernels import schedule
+from ..kernels.features import FeatureRecorder, StopForward
 from .errors import DragEditInputError
 
-PATCH_KEY = "dragedit"
+LATENT_DOWNSCALE = 8  # the SD-family VAEs of every supported topology
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,13 +115,13 @@ class RecordPatch(_Patch):
 
 
 class TapPatch(_Patch):
-    """output_block_patch: ComfyUI calls it before output block k, so `h` there is block k-1's output."""
+    """output_block_patch: ComfyUI calls it before output block k (so `h` is block k-1's output): observe(k, h)."""
 
-    def __init__(self, tap):
-        self.tap = tap
+    def __init__(self, observe):
+        self.observe = observe
 
     def __call__(self, h, hsp, transformer_options):
-        self.tap(transformer_options["block"][1] - 1, h)
+        self.observe(transformer_options["block"][1], h)
         return h, hsp
 
 
@@ -209,6 +210,44 @@ class UNetRunner:
                                 transformer_options, [1] * batch + [0] * batch)
         eps_u, eps_c = eps.chunk(2)
         return eps_u + cfg * (eps_c - eps_u)
+
+
+    def image_hw(self, z) -> tuple[int, int]:
+        """Image size (H, W) in pixels of a latent [B, 4, h, w]."""
+        return z.shape[-2] * LATENT_DOWNSCALE, z.shape[-1] * LATENT_DOWNSCALE
+
+    def features_fn(self, tap, cond, truncate: bool = True):
+        """`features_fn(z, t) -> [features]` of kernels: the tapped decoder outputs, resized as `tap` says.
+
+        The estimator: no bank attention (dragondiffusion.md §10), conditioned on `cond` only, and with truncate
+        the forward stops after the last tapped block (the official estimator's saving, §2).
+        """
+        current = {}
+        options = self.transformer_options(bank_attention=False, output_block=[TapPatch(
+            lambda k, h: current["recorder"].observe(k, h))])
+
+        def fn(z, t):
+            current["recorder"] = recorder = FeatureRecorder(tap, self.image_hw(z), truncate)
+            try:
+                self.denoise_call(z, t, cond.expand(z.shape[0], -1, -1), options, [0] * z.shape[0])
+            except StopForward:
+                pass
+            return recorder.features()
+
+        return fn
+
+    def forward_fn(self, tap, cond):
+        """`forward_fn(z, t) -> (eps, [features])` of kernels: one full forward giving both (GoodDrag's drag step)."""
+        current = {}
+        options = self.transformer_options(bank_attention=False, output_block=[TapPatch(
+            lambda k, h: current["recorder"].observe(k, h))])
+
+        def fn(z, t):
+            current["recorder"] = recorder = FeatureRecorder(tap, self.image_hw(z), truncate=False)
+            eps = self.denoise_call(z, t, cond.expand(z.shape[0], -1, -1), options, [0] * z.shape[0])
+            return eps, recorder.features()
+
+        return fn
 
 
 class Progress:

@@ -83,9 +83,12 @@ mkdir -p "$ROOT/user/default"
 [ -f "$ROOT/user/default/comfy.settings.json" ] || echo '{"Comfy.TutorialCompleted": true}' > "$ROOT/user/default/comfy.settings.json"
 
 CKPT="$ROOT/models/checkpoints/dragedit_test_sd15.safetensors"
-if [ ! -f "$CKPT" ]; then
+CKPT_STAMP="$CKPT.$(sha1sum "$REPO/tests/support/tiny_sd15.py" | cut -c1-12)"
+if [ ! -f "$CKPT" ] || [ ! -f "$CKPT_STAMP" ]; then
+  rm -f "$CKPT" "$CKPT".*
   log "writing the random-weight SD1.5-topology test checkpoint"
   (cd "$REPO" && "$PY" -m tests.support.tiny_sd15 --comfy-root "$ROOT" --out "$CKPT") >&2
+  touch "$CKPT_STAMP"
 fi
 
 if [ $WITH_UI = 1 ]; then
