@@ -52,7 +52,7 @@ def test_example_workflow_runs_and_writes_an_image(comfy_server, path):
     for f in saved:
         with Image.open(f) as im:
             assert im.size[0] >= 64 and im.size[1] >= 64
-            assert len(set(im.convert("L").getdata())) > 1, f"{f} is a flat image"
+            assert im.convert("L").getextrema()[0] < im.convert("L").getextrema()[1], f"{f} is a flat image"
 
 
 def test_the_harness_sees_a_node_that_raises(tmp_path):
@@ -69,3 +69,12 @@ def test_the_harness_sees_a_node_that_raises(tmp_path):
         assert pack_nodes(server.object_info()), "the broken copy of the pack did not load"
         with pytest.raises(WorkflowFailed, match="deliberately broken"):
             run_example(server, EXAMPLES[0])
+
+
+def test_steps_below_two_are_refused_when_queued(comfy_server):
+    """ComfyUI validates widget bounds at POST /prompt: the user sees which node and input, before anything runs."""
+    prompt = workflow.ui_to_api(workflow.load(REPO / "example_workflows" / "reconstruct.json"), comfy_server.object_info())
+    inversion = next(k for k, v in prompt.items() if v["class_type"] == "DragEditDDIMInversion")
+    prompt[inversion]["inputs"]["steps"] = 1
+    with pytest.raises(WorkflowFailed, match="value_smaller_than_min.*steps"):
+        comfy_server.queue(prompt)

@@ -2,6 +2,9 @@ import pytest
 
 from tests.support import comfy_inproc
 
+# Host tests import the pack's node modules, which import ComfyUI: import it before they are collected.
+comfy_inproc.import_comfy()
+
 
 @pytest.fixture(scope="session")
 def comfy_nodes():
