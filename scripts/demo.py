@@ -36,8 +36,6 @@ def main():
     start = time.time()
     with ComfyServer(base_dir=base) as server:
         print(f"ComfyUI running at {server.url} (base dir {base})")
-        for image in (EXAMPLES / "inputs").glob("*.png"):
-            server.upload_image(image)
         prompt = workflow.ui_to_api(workflow.load(path), server.object_info())
         if args.ckpt:
             for node in prompt.values():

@@ -33,8 +33,6 @@ def main(names):
 
     paths = [EXAMPLES / f"{n}.json" for n in names] if names else sorted(EXAMPLES.glob("*.json"))
     with ComfyServer() as server, sync_playwright() as p:
-        for image in (EXAMPLES / "inputs").glob("*.png"):
-            server.upload_image(image)
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
         page = browser.new_page(viewport={"width": 1800, "height": 1000})
         page.goto(server.url + "/", wait_until="domcontentloaded")

@@ -10,7 +10,6 @@ from tests.support.pack import REPO
 from tests.support.server import PACK_DIR_NAME, ComfyServer, WorkflowFailed, make_base_dir
 
 EXAMPLES = sorted((REPO / "example_workflows").glob("*.json"))
-EXAMPLE_INPUTS = REPO / "example_workflows" / "inputs"
 
 
 def pack_nodes(object_info):
@@ -37,8 +36,6 @@ def test_there_is_an_example_workflow():
 
 
 def run_example(server, path):
-    for image in EXAMPLE_INPUTS.glob("*.png"):
-        server.upload_image(image)
     prompt = workflow.ui_to_api(workflow.load(path), server.object_info())
     entry = server.run(prompt, timeout=900)
     return server.output_files(entry)
@@ -78,3 +75,20 @@ def test_steps_below_two_are_refused_when_queued(comfy_server):
     prompt[inversion]["inputs"]["steps"] = 1
     with pytest.raises(WorkflowFailed, match="value_smaller_than_min.*steps"):
         comfy_server.queue(prompt)
+
+
+def test_interrupt_stops_a_long_inversion_cleanly(comfy_server):
+    """POST /interrupt during a 1000-step inversion ends the prompt within seconds; the server keeps working."""
+    import time
+
+    prompt = workflow.ui_to_api(workflow.load(REPO / "example_workflows" / "reconstruct.json"), comfy_server.object_info())
+    inversion = next(k for k, v in prompt.items() if v["class_type"] == "DragEditDDIMInversion")
+    prompt[inversion]["inputs"]["steps"] = 1000
+    prompt_id = comfy_server.queue(prompt)
+    time.sleep(4)
+    comfy_server.request("/interrupt", {})
+    started = time.time()
+    with pytest.raises(WorkflowFailed, match="interrupted"):
+        comfy_server.wait(prompt_id, timeout=120)
+    assert time.time() - started < 30
+    assert comfy_server.get("/object_info/DragEditDDIMInversion")

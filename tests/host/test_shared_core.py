@@ -242,3 +242,23 @@ def test_strength_plan_starts_late_as_gooddrag(nodes_, sd15, image_latent, cond)
                        strength=0.06, layers="none", bank_device="offload (CPU)").result
     assert bank.timesteps == tuple(s.t for s in plan.ddim_plan(50, 0.06)) == (41, 21, 1)
     assert not bank.attention
+
+
+def test_v_prediction_models_give_eps_through_the_one_conversion(nodes_, sd15, cond):
+    """The runner's eps = (x - denoised)/sigma equals the schedule's v -> eps conversion of the raw UNet output."""
+    import comfy.model_management
+    from comfy_extras.nodes_model_advanced import ModelSamplingDiscrete
+
+    v_model = ModelSamplingDiscrete().patch(sd15[0], "v_prediction", False)[0]
+    try:
+        runner = nodes_.host.UNetRunner(v_model)
+        torch.manual_seed(2)
+        z, t, context = torch.randn(1, 4, *LATENT_HW), 501, cond[0][0]
+        with torch.inference_mode():
+            eps = runner.eps_cfg(z, t, context, None, 1.0, runner.transformer_options())
+            v = v_model.model.diffusion_model(z, torch.tensor([float(t)]), context=context)
+        expected = schedule.eps_from_model_output(v, z, float(runner.alphas_cumprod[t]), "v")
+        torch.testing.assert_close(eps, expected, atol=1e-4, rtol=1e-4)
+        assert not torch.allclose(eps, v, atol=1e-3)
+    finally:
+        comfy.model_management.unload_all_models()

@@ -31,7 +31,7 @@ def _free_port():
 
 
 def make_base_dir(pack_dir=REPO, extra_checkpoints=()):
-    """A fresh ComfyUI base directory with the pack linked in and the tutorial marked as seen."""
+    """A fresh ComfyUI base directory: the pack linked in, the example inputs in input/, the tutorial seen."""
     base = pathlib.Path(tempfile.mkdtemp(prefix="dragedit-comfy-"))
     (base / "custom_nodes").mkdir()
     os.symlink(pack_dir, base / "custom_nodes" / PACK_DIR_NAME)
@@ -41,6 +41,8 @@ def make_base_dir(pack_dir=REPO, extra_checkpoints=()):
         os.symlink(ckpt, ckpts / pathlib.Path(ckpt).name)
     for sub in ("input", "output", "temp"):
         (base / sub).mkdir()
+    for image in (REPO / "example_workflows" / "inputs").glob("*.png"):
+        shutil.copy(image, base / "input" / image.name)
     (base / "user" / "default").mkdir(parents=True)
     (base / "user" / "default" / "comfy.settings.json").write_text(json.dumps({"Comfy.TutorialCompleted": True}))
     return base
@@ -152,6 +154,6 @@ class ComfyServer:
         return paths
 
     def upload_image(self, path):
-        """Copy an image into the server's input/ folder, as the frontend's upload would."""
+        """Copy an image into the server's input/ folder, as the frontend's upload would; returns its name."""
         shutil.copy(path, self.base_dir / "input" / pathlib.Path(path).name)
         return pathlib.Path(path).name
