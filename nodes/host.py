@@ -125,6 +125,11 @@ class TapPatch(_Patch):
         return h, hsp
 
 
+def offload_device():
+    """Where ComfyUI parks models off the GPU (the CPU, normally): the memory bank's default home."""
+    return comfy.model_management.unet_offload_device()
+
+
 def grad_scope():
     """Autograd inside a ComfyUI node: the executor runs nodes under inference_mode (comfyhost gotcha 5)."""
     stack = contextlib.ExitStack()

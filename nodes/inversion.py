@@ -1,5 +1,4 @@
 """DDIM Inversion (Memory Bank): the image's DDIM trajectory plus its decoder self-attention inputs."""
-import comfy.model_management
 from comfy_api.latest import io
 
 from ..kernels import ddim
@@ -56,7 +55,7 @@ class DragEditDDIMInversion(io.ComfyNode):
             raise DragEditInputError(NAME, "strength", f"{strength} of {steps} steps inverts no step",
                                      "Raise strength or steps")
         runner = host.UNetRunner(model)
-        device = (comfy.model_management.unet_offload_device() if bank_device == BANK_DEVICES[0] else runner.device)
+        device = host.offload_device() if bank_device == BANK_DEVICES[0] else runner.device
         kept = topo.decoder_self_attention if layers == LAYER_PRESETS[0] else ()
         recorder = BankRecorder(layers=kept, device=device)
         current = {}
