@@ -122,13 +122,19 @@ class EnergyGuidance:
         object.__setattr__(self, "index", {k: torch.nonzero(m.flatten()).squeeze(1) for k, m in self.masks.items()})
 
     def to(self, device) -> "EnergyGuidance":
-        """A copy with every tensor on `device` (masks, indices, gate), for use inside the loop."""
+        """A copy with every tensor copied to `device` (masks, indices, gate), for use inside the loop.
+
+        Always fresh tensors: a payload built under the executor's inference_mode holds inference tensors, which
+        autograd refuses to save (index_select keeps its indices); copies made outside it are normal tensors.
+        """
+        def on(x):
+            return x.to(device, copy=True)
+
         def pairs_on(pairs):
-            return tuple((dst.to(device), src.to(device)) for dst, src in pairs)
+            return tuple((on(dst), on(src)) for dst, src in pairs)
         return dataclasses.replace(
-            self, masks={k: v.to(device) for k, v in self.masks.items()}, gate=self.gate.to(device),
-            sde_mask=self.sde_mask.to(device), pairs=pairs_on(self.pairs), push=tuple(p.to(device) for p in self.push),
-            noise_pairs=pairs_on(self.noise_pairs))
+            self, masks={k: on(v) for k, v in self.masks.items()}, gate=on(self.gate), sde_mask=on(self.sde_mask),
+            pairs=pairs_on(self.pairs), push=tuple(on(p) for p in self.push), noise_pairs=pairs_on(self.noise_pairs))
 
 
 # ----------------------------------------------------------------------------------------------------------- build
