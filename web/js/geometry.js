@@ -92,10 +92,6 @@ export function clampToImage([x, y], size) {
   return [Math.min(Math.max(Math.floor(x), 0), w - 1), Math.min(Math.max(Math.floor(y), 0), h - 1)];
 }
 
-export function inImage([x, y], size) {
-  return x >= 0 && y >= 0 && x < size[0] && y < size[1];
-}
-
 // Pairs drawn on an image of `from` size moved onto one of `to` size: the size ratio, as the server does.
 export function rescalePairs(pairs, from, to) {
   const sx = to[0] / from[0];
