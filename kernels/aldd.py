@@ -123,6 +123,20 @@ def to_image(rc: torch.Tensor, image_size: tuple[int, int], sup_size: tuple[int,
     return torch.stack([rc[..., 1] * (width / sup_w), rc[..., 0] * (height / sup_h)], dim=-1)
 
 
+def search_windows_xy(r2: int, handles_xy, image_size: tuple[int, int],
+                      sup_size: tuple[int, int] | None = None) -> torch.Tensor:
+    """float [N, 4] (x0, y0, x1, y1) image px: the area a tracking searches around each handle, for previews.
+
+    The (2*r2+1)^2 sup-px window around the handle's sup cell, cut at the map edge: the tracker never looks
+    outside the map, with or without `TrackerSpec.clamp` (which only changes how the argmin is mapped back).
+    """
+    sup_size = supervision_size(image_size) if sup_size is None else tuple(sup_size)
+    rc = to_supervision(torch.as_tensor(handles_xy, dtype=torch.float64), image_size, sup_size)
+    low = (rc - r2).clamp(min=0)
+    high = torch.minimum(rc + r2, torch.tensor([sup_size[0] - 1, sup_size[1] - 1]))
+    return torch.cat([to_image(low - 0.5, image_size, sup_size), to_image(high + 0.5, image_size, sup_size)], dim=1)
+
+
 def _check_points(name: str, points, image_size) -> torch.Tensor:
     points = torch.as_tensor(points, dtype=torch.float64).cpu()
     if points.dim() != 2 or points.shape[1] != 2 or points.shape[0] == 0:

@@ -74,6 +74,22 @@ def ddim_plan(num_steps: int = 50, strength: float = 1.0,
             for i in range(first, num_steps)]
 
 
+def schedule_of(timesteps, num_train_timesteps: int = NUM_TRAIN_TIMESTEPS) -> tuple[int, float]:
+    """(num_steps, strength) whose `ddim_plan` runs exactly `timesteps` (noisiest first), e.g. a memory bank's.
+
+    Inversion keeps the last n timesteps of `ddim_timesteps(num_steps)`, which fix the stride and so num_steps up
+    to steps that share it (48..50 all give 981, ..., 1 in steps of 20); the plan's t are the same for each.
+    """
+    timesteps = [int(t) for t in timesteps]
+    n = len(timesteps)
+    stride = timesteps[0] - timesteps[1] if n > 1 else num_train_timesteps
+    num_steps = num_train_timesteps // stride if stride > 0 else 0
+    if not n or not 1 <= num_steps <= num_train_timesteps or \
+            ddim_timesteps(num_steps, num_train_timesteps)[-n:] != timesteps:
+        raise ValueError(f"timesteps {timesteps} are not the tail of a DDIM schedule")
+    return num_steps, n / num_steps
+
+
 def _scaled(k: int, num_steps: int) -> int:
     """A 50-step index rescaled to num_steps (the AudioMorphix rescale, dragondiffusion.md §9); exact at 50."""
     return round(k * num_steps / REFERENCE_STEPS)

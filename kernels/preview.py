@@ -48,11 +48,12 @@ def _dot(draw: ImageDraw.ImageDraw, centre, radius: int, colour) -> None:
     draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=colour + (255,), outline=OUTLINE_RGB + (255,))
 
 
-def marks_layer(size, handles, targets, trajectories: Optional[Sequence] = None) -> torch.Tensor:
-    """float32 [H, W, 4] RGBA in 0..1: trajectories, arrows, dots and 1-based numbers, transparent elsewhere.
+def marks_layer(size, handles, targets, trajectories: Optional[Sequence] = None, boxes=None) -> torch.Tensor:
+    """float32 [H, W, 4] RGBA in 0..1: boxes, trajectories, arrows, dots and 1-based numbers, transparent elsewhere.
 
     size: (W, H). handles, targets: [N, 2] (x, y) pixels. trajectories: one [N, 2] per step, drawn as a path
-    per point. Stroke widths grow with the image (one unit per 256 px of the short side).
+    per point. boxes: [M, 4] (x0, y0, x1, y1) pixels, outlined (the point tracker's search windows). Stroke
+    widths grow with the image (one unit per 256 px of the short side).
     """
     width, height = size
     handles, targets = _as_points(handles, "handles"), _as_points(targets, "targets")
@@ -61,6 +62,9 @@ def marks_layer(size, handles, targets, trajectories: Optional[Sequence] = None)
     unit = max(1, round(min(width, height) / 256))
     layer = Image.new("RGBA", (width, height), (0, 0, 0, 0))
     draw = ImageDraw.Draw(layer)
+    if boxes is not None:
+        for x0, y0, x1, y1 in torch.as_tensor(boxes, dtype=torch.float64).reshape(-1, 4).tolist():
+            draw.rectangle([x0, y0, x1, y1], outline=TRACK_RGB + (255,), width=unit)
     if trajectories:
         steps = torch.stack([_as_points(p, "trajectories") for p in trajectories])
         if steps.shape[1] != handles.shape[0]:
@@ -82,11 +86,11 @@ def marks_layer(size, handles, targets, trajectories: Optional[Sequence] = None)
 
 
 def draw_drag(images: torch.Tensor, handles, targets, mask: Optional[torch.Tensor] = None,
-              trajectories: Optional[Sequence] = None) -> torch.Tensor:
+              trajectories: Optional[Sequence] = None, boxes=None) -> torch.Tensor:
     """A new IMAGE [B, H, W, 3] (same dtype and device): `images` with the mask tinted, then the marks on top.
 
     images: [B, H, W, 3] in 0..1. handles, targets: [N, 2] (x, y) in these images' pixels. mask: [H, W] or
-    [B|1, H, W] in 0..1 at the image size, the editable region. trajectories: see `marks_layer`.
+    [B|1, H, W] in 0..1 at the image size, the editable region. trajectories, boxes: see `marks_layer`.
     """
     if images.dim() != 4 or images.shape[-1] != 3:
         raise ValueError(f"images: expected IMAGE [B, H, W, 3], got shape {tuple(images.shape)}")
@@ -100,7 +104,7 @@ def draw_drag(images: torch.Tensor, handles, targets, mask: Optional[torch.Tenso
         if m.shape[0] not in (1, out.shape[0]):
             raise ValueError(f"mask: a batch of {m.shape[0]} masks for {out.shape[0]} images; give 1 or {out.shape[0]}")
         out = out * (1 - m) + torch.tensor(MASK_RGB, dtype=torch.float32) / 255.0 * m
-    layer = marks_layer((width, height), handles, targets, trajectories)
+    layer = marks_layer((width, height), handles, targets, trajectories, boxes)
     alpha = layer[..., 3:]
     out = out * (1 - alpha) + layer[..., :3] * alpha
     return out.to(images.device, images.dtype)

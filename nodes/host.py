@@ -29,10 +29,12 @@ class Topology:
 
     family: str
     decoder_self_attention: tuple  # ("output", k) block ids with a transformer (attn1 = self-attention)
+    source_attention: tuple        # the subset where MasaCtrl attends to the source (GoodDrag, gooddrag.md §1)
     output_blocks: int             # output block count; taps are on blocks 0..output_blocks-2 (see features.py)
 
 
-_SD1_LIKE = dict(decoder_self_attention=tuple(("output", k) for k in range(3, 12)), output_blocks=12)
+_SD1_LIKE = dict(decoder_self_attention=tuple(("output", k) for k in range(3, 12)),
+                 source_attention=tuple(("output", k) for k in range(6, 12)), output_blocks=12)
 # model_config class name (comfy/supported_models.py) -> topology; SD 2.x shares SD 1.x's block layout.
 TOPOLOGIES = {
     "SD15": Topology("SD 1.x", **_SD1_LIKE),
@@ -193,6 +195,13 @@ class UNetRunner:
         patches["output_block_patch"] = list(patches.get("output_block_patch", [])) + list(output_block)
         to["patches"] = patches
         return to
+
+    def grad_scaler(self):
+        """A GradScaler when backward runs through an fp16 UNet on CUDA (both official codes use one), else None."""
+        dtype = self.base.manual_cast_dtype or self.base.get_dtype()
+        if self.device.type == "cuda" and dtype == torch.float16:
+            return torch.amp.GradScaler("cuda")
+        return None
 
     def sigma_of(self, t: int, batch: int) -> torch.Tensor:
         return self.sigmas[t].expand(batch)

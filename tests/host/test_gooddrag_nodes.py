@@ -1,0 +1,221 @@
+"""GoodDrag / DragDiffusion nodes through the real UNet (random-weight SD-1.5 topology) in-process: the AlDD Drag
+Scheduler end to end on an 8x8 latent, zero drag = the source reconstruction, MasaCtrl leaves the source alone,
+progress and interruption, Motion Supervision and Point Tracker, and the errors users see."""
+import dataclasses
+import json
+import types
+
+import pytest
+import torch
+
+from comfyui_dragedit.kernels import ddim, features, motion, plan, tracker
+from comfyui_dragedit.kernels.points import DragPoints
+from comfyui_dragedit.nodes.errors import DragEditInputError
+from tests.support.comfy_inproc import run_node
+
+LATENT_HW = (8, 8)
+IMAGE = (64, 64)                    # (W, H) of the latent's image; features 32x32
+STEPS, STRENGTH = 10, 0.8           # 8 inverted steps: t = 701 ... 1
+NO_REGION = "no region (no latent term)"
+
+
+@pytest.fixture(scope="module")
+def nodes_(comfy_nodes):
+    from comfyui_dragedit.nodes import aldd, host, inversion, motion as motion_node, points, tracker as tracker_node
+
+    return types.SimpleNamespace(aldd=aldd, scheduler=aldd.DragEditAlDDScheduler, host=host,
+                                 inversion=inversion.DragEditDDIMInversion, points=points.DragEditPoints,
+                                 motion=motion_node.DragEditMotionSupervision,
+                                 tracker=tracker_node.DragEditPointTracker)
+
+
+@pytest.fixture(scope="module")
+def cond(encode_text):
+    return encode_text("")
+
+
+@pytest.fixture(scope="module")
+def bank(nodes_, sd15, cond):
+    torch.manual_seed(0)
+    latent = {"samples": torch.randn(1, 4, *LATENT_HW) * 0.8}
+    return run_node(nodes_.inversion, model=sd15[0], latent=latent, positive=cond, steps=STEPS, strength=STRENGTH,
+                    layers="none", bank_device="offload (CPU)").result[0]
+
+
+@pytest.fixture(scope="module")
+def reconstruction(nodes_, sd15, bank, cond):
+    """The source branch alone: plain DDIM from the inverted latent, no patch, decoded to a LATENT."""
+    model = sd15[0]
+    runner = nodes_.host.UNetRunner(model)
+    options = runner.transformer_options()
+    steps = plan.ddim_plan(*plan.schedule_of(bank.timesteps))
+    with torch.inference_mode():
+        z0 = ddim.denoise(lambda z, step: runner.eps_cfg(z, step.t, cond[0][0], None, 1.0, options),
+                          bank.latent(bank.timesteps[0]), steps, runner.alphas_cumprod)
+    return nodes_.host.z_to_latent(model, z0)["samples"]
+
+
+def points(*pairs, size=IMAGE):
+    return DragPoints(tuple(pairs), size)
+
+
+def schedule(nodes_, model, bank, cond, pts, preset="custom", **kwargs):
+    widgets = dict(drag_steps=2, drags_per_step=2, grad_steps_per_drag=1, lr=0.1, max_no_change=0)
+    widgets.update(kwargs)
+    return run_node(nodes_.scheduler, model=model, memory_bank=bank, positive=cond, points=pts,
+                    features=features.GOODDRAG_TAP, preset=preset, **widgets).result
+
+
+def test_schemas_are_documented_everywhere(nodes_):
+    for node in (nodes_.scheduler, nodes_.motion, nodes_.tracker):
+        info = node.GET_NODE_INFO_V1()
+        assert info["category"] == "DragEdit" and len(info["description"]) > 100
+        specs = {**info["input"]["required"], **info["input"].get("optional", {})}
+        assert all(spec[1].get("tooltip") for spec in specs.values()), info["name"]
+        assert all(info["output_tooltips"])
+    info = nodes_.scheduler.GET_NODE_INFO_V1()
+    assert info["output"] == ["LATENT", "DRAG_POINTS", "IMAGE"]
+    assert set(info["input"]["optional"]) == {"motion", "tracker", "mask", "image"}
+
+
+def test_a_drag_runs_end_to_end_and_moves_the_edit(nodes_, sd15, bank, cond, reconstruction):
+    """The gradient reaches the latent through the real UNet: Adam moves z only with a non-zero gradient."""
+    latent, final, shown = schedule(nodes_, sd15[0], bank, cond, points((20.0, 30.0, 44.0, 30.0)))
+    samples = latent["samples"]
+    assert samples.shape == (1, 4, *LATENT_HW) and torch.isfinite(samples).all()
+    assert not torch.allclose(samples, reconstruction, atol=1e-3)
+    assert final.image_size == IMAGE and len(final) == 1 and final.pairs[0][2:] == (44.0, 30.0)
+    assert shown.shape == (1, IMAGE[1], IMAGE[0], 3) and shown.max() > 0
+
+
+@pytest.mark.parametrize("preset", ["gooddrag", "dragdiffusion"])
+def test_handles_on_their_targets_give_the_source_reconstruction(nodes_, sd15, bank, cond, reconstruction, preset):
+    pts = points((20.0, 30.0, 20.0, 30.0), (50.0, 10.0, 51.0, 11.0))
+    latent, final, _ = schedule(nodes_, sd15[0], bank, cond, pts, preset=preset)
+    torch.testing.assert_close(latent["samples"], reconstruction, atol=1e-5, rtol=1e-5)
+    assert final.pairs == ((20.0, 30.0, 20.0, 30.0), (50.0, 10.0, 51.0, 11.0))
+
+
+def test_masactrl_leaves_the_source_branch_alone(nodes_, sd15, cond):
+    model = sd15[0]
+    runner = nodes_.host.UNetRunner(model)
+    topo = nodes_.host.topology(model, "test")
+    eps_fn = nodes_.aldd.source_attention_eps_fn(runner, cond[0][0], topo.source_attention)
+    torch.manual_seed(1)
+    z = torch.randn(2, 4, *LATENT_HW)
+    masa, plain = (plan.PlanStep(i=25, t=501, t_prev=481, bank_attention=on) for on in (True, False))
+    with torch.inference_mode():
+        both = eps_fn(z, masa)
+        source, edit = eps_fn(z[:1], plain), eps_fn(z[1:], plain)
+        independent = eps_fn(z, plain)
+    torch.testing.assert_close(both[:1], source, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(both[1:], edit, atol=1e-4)
+    torch.testing.assert_close(independent, torch.cat([source, edit]), atol=1e-5, rtol=1e-5)
+
+
+def test_progress_counts_drags_and_denoise_steps_and_is_interruptible(nodes_, sd15, bank, cond):
+    import comfy.model_management
+    import comfy.utils
+
+    seen = []
+    short_reach = tracker.TrackerSpec(r2=1)   # the handle cannot reach its target in two drags: all run
+    run = lambda: schedule(nodes_, sd15[0], bank, cond, points((20.0, 30.0, 44.0, 30.0)), drag_steps=1,
+                           tracker=short_reach)
+
+    def record(value, total, preview, node_id=None):
+        seen.append((value, total))
+
+    def interrupt(value, total, preview, node_id=None):
+        record(value, total, preview)
+        comfy.model_management.interrupt_current_processing(True)
+
+    try:
+        comfy.utils.set_progress_bar_global_hook(record)
+        run()
+        total = 2 + len(bank.timesteps)   # T2·B·J gradient steps, then the denoise steps
+        assert seen == [(value, total) for value in range(1, total + 1)]
+        seen.clear()
+        comfy.utils.set_progress_bar_global_hook(interrupt)
+        with pytest.raises(comfy.model_management.InterruptProcessingException):
+            run()
+        assert seen == [(1, total)], "stopped at the second gradient step's callback"
+    finally:
+        comfy.utils.set_progress_bar_global_hook(None)
+        comfy.model_management.interrupt_current_processing(False)
+
+
+def test_motion_supervision_node(nodes_):
+    spec = run_node(nodes_.motion, variant="dragdiffusion", r1=1, beta=4.0, lam=0.2, empty_mask=NO_REGION).result[0]
+    assert spec == motion.MotionSupervision("dragdiffusion", r1=1, beta=4.0, lam=0.2, regularize_empty_mask=False)
+    frozen = run_node(nodes_.motion, variant="gooddrag", r1=4, beta=4.0, lam=0.1,
+                      empty_mask="freeze all (GoodDrag code)").result[0]
+    assert frozen.regularize_empty_mask and frozen.patch_weight == 64
+    defaults = {name: spec[1]["default"] for name, spec in nodes_.motion.GET_NODE_INFO_V1()["input"]["required"].items()}
+    assert defaults == dict(variant="gooddrag", r1=4, beta=4.0, lam=0.1, empty_mask=NO_REGION)
+
+
+def test_point_tracker_node_and_its_search_window_preview(nodes_):
+    spec, blank = run_node(nodes_.tracker, r2=12, clamp=True).result
+    assert spec == tracker.TrackerSpec(12, True) and blank.shape == (1, 64, 64, 3)
+    image = torch.full((1, 48, 64, 3), 0.5)
+    pts = points((10.0, 20.0, 40.0, 20.0), size=(64, 48))
+    _, shown = run_node(nodes_.tracker, r2=3, clamp=False, image=image, points=pts).result
+    assert shown.shape == image.shape and not torch.equal(shown, image)
+    _, wide = run_node(nodes_.tracker, r2=6, clamp=False, image=image, points=pts).result
+    assert not torch.equal(wide, shown), "the window grows with r2"
+    with pytest.raises(DragEditInputError, match=r"^DragEdit Point Tracker: input 'image' is 64x48 but the points were drawn"):
+        run_node(nodes_.tracker, r2=3, clamp=True, image=image, points=points((1.0, 2.0, 3.0, 4.0)))
+
+
+# ---- errors users see ---------------------------------------------------------------------------------------------
+
+def _error(fn):
+    with pytest.raises(DragEditInputError) as err:
+        fn()
+    return err.value
+
+
+def test_a_bank_from_another_model_is_refused(nodes_, sd15, bank, cond):
+    other = dataclasses.replace(bank, fingerprint="0123456789abcdef")
+    err = _error(lambda: schedule(nodes_, sd15[0], other, cond, points((1.0, 2.0, 30.0, 4.0))))
+    assert str(err).startswith("DragEdit AlDD Drag Scheduler: input 'memory_bank' the memory bank was made with")
+
+
+def test_points_of_an_image_of_another_size_are_refused(nodes_, sd15, bank, cond):
+    err = _error(lambda: schedule(nodes_, sd15[0], bank, cond, points((1.0, 2.0, 30.0, 4.0), size=(64, 32))))
+    assert str(err).startswith("DragEdit AlDD Drag Scheduler: input 'points' were drawn on a 64x32 image but the "
+                               "memory bank holds the latent of a 64x64 image")
+
+
+def test_a_preview_image_of_another_size_is_refused(nodes_, sd15, bank, cond):
+    err = _error(lambda: schedule(nodes_, sd15[0], bank, cond, points((1.0, 2.0, 30.0, 4.0)),
+                                  image=torch.zeros(1, 32, 32, 3)))
+    assert (err.node, err.input_name) == ("AlDD Drag Scheduler", "image")
+
+
+def test_more_drag_timesteps_than_inverted_steps_are_refused(nodes_, sd15, bank, cond):
+    err = _error(lambda: schedule(nodes_, sd15[0], bank, cond, points((1.0, 2.0, 30.0, 4.0)), drag_steps=9))
+    assert str(err).startswith("DragEdit AlDD Drag Scheduler: input 'drag_steps' is 9 but the memory bank holds "
+                               "only 8 inverted steps")
+    short = dataclasses.replace(bank, timesteps=bank.timesteps[-5:])
+    err = _error(lambda: schedule(nodes_, sd15[0], short, cond, points((1.0, 2.0, 30.0, 4.0)), preset="gooddrag"))
+    assert (err.input_name, err.seen) == ("memory_bank", "holds 5 inverted steps, fewer than the gooddrag preset's "
+                                                         "7 drag timesteps")
+
+
+@pytest.mark.parametrize("lr", [0.0, -0.01])
+def test_a_learning_rate_that_is_not_positive_is_refused(nodes_, sd15, bank, cond, lr):
+    err = _error(lambda: schedule(nodes_, sd15[0], bank, cond, points((1.0, 2.0, 30.0, 4.0)), lr=lr))
+    assert str(err).startswith(f"DragEdit AlDD Drag Scheduler: input 'lr' must be > 0, got {lr}")
+
+
+@pytest.mark.parametrize("points_json, seen", [
+    ("[[1, 2], [30, 4], [5, 6]]", "has 3 points; handles and targets alternate"),
+    (json.dumps({"version": 1, "image_size": [64, 64], "pairs": [[1, 2, 30, 4], [5, 6]]}),
+     "pair 2 has a handle but no target"),
+    ("[[1, 2], [64, 4]]", "target (64, 4) of pair 1 is outside the 64x64 image"),
+])
+def test_bad_points_are_refused_by_the_node_that_reads_them(nodes_, points_json, seen):
+    """Odd counts, a handle without its target and points outside the image never reach the scheduler."""
+    err = _error(lambda: run_node(nodes_.points, image=torch.zeros(1, 64, 64, 3), points_json=points_json))
+    assert str(err).startswith(f"DragEdit Drag Points: input 'points_json' {seen}")
