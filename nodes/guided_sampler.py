@@ -1,0 +1,150 @@
+"""Guided Sampler: DragonDiffusion ('D') / DiffEditor ('D+') sampling from the inverted z_T with energy guidance.
+
+The one loop of kernels/ddim.py with the DragonPolicy: the host only supplies the UNet as eps_fn (CFG, the MODEL's
+patches such as memory-bank attention) and as the truncated feature estimator (no bank attention), plus progress.
+"""
+from comfy_api.latest import io
+
+from ..kernels import ddim, energy, plan
+from ..kernels.guidance import DragonPolicy
+from . import host, types
+from .errors import DragEditInputError
+
+NAME = "Guided Sampler"
+SCHEDULES = ("D+", "D")
+TWO_IMAGE_MODES = ("appearance", "paste")
+
+
+def _image(latent_shape) -> str:
+    h, w = latent_shape[-2:]
+    return f"{8 * w}x{8 * h} image"
+
+
+def _check_inputs(model, memory_bank, memory_bank_replace, guidance, features):
+    """Every mismatch between the inputs, as the user's error, before the UNet runs."""
+    fingerprint = host.model_fingerprint(model)
+    latent_shape = (4, *guidance.latent_size)
+    banks = [("memory_bank", memory_bank)]
+    if guidance.mode in TWO_IMAGE_MODES:
+        if memory_bank_replace is None:
+            raise DragEditInputError(NAME, "memory_bank_replace", "is not connected",
+                                     f"The {guidance.mode} edit needs the second image's bank: invert it with "
+                                     f"another DDIM Inversion (same model, steps and size)")
+        banks.append(("memory_bank_replace", memory_bank_replace))
+    for input_name, bank in banks:
+        try:
+            bank.check_compatible(fingerprint, latent_shape)
+        except ValueError as err:
+            if str(err).startswith("model"):
+                raise DragEditInputError(NAME, input_name, "was made with another model",
+                                         "Invert the image with the model connected here") from None
+            if input_name == "memory_bank":
+                raise DragEditInputError(NAME, "guidance", f"was drawn on a {_image(latent_shape)} but memory_bank "
+                                         f"holds a {_image(bank.latent_shape)}",
+                                         "Draw the masks and points on the image you inverted") from None
+            raise DragEditInputError(NAME, input_name, f"holds a {_image(bank.latent_shape)} but the base image is "
+                                     f"a {_image(latent_shape)}: the two images differ in size",
+                                     "Resize the second image to the base image's size (e.g. Upscale Image) before "
+                                     "VAE Encode") from None
+        if bank.timesteps != memory_bank.timesteps:
+            raise DragEditInputError(NAME, input_name, f"was inverted with {len(bank.timesteps)} steps, the base "
+                                     f"image with {len(memory_bank.timesteps)}",
+                                     "Invert both images with the same steps and strength 1.0")
+    h, w = guidance.latent_size
+    if features.target_size((8 * h, 8 * w)) != (2 * h, 2 * w):
+        raise DragEditInputError(NAME, "features", f"reads features at {features.scale:g} x the image size",
+                                 "Use the DragonDiffusion preset of Feature Extractor (image / 4)")
+
+
+class DragEditGuidedSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="DragEditGuidedSampler",
+            display_name=NAME,
+            category="DragEdit",
+            description="Samples the edit from the inverted latent with energy guidance: DragonDiffusion ('D', "
+                        "guidance at every step of the first 30 of 50) or DiffEditor ('D+', fewer guided steps, "
+                        "time travel and a regional SDE inside the edit). The gradient of the energy enters the "
+                        "x0 estimate only, gated by the edit mask. The object's starting noise is copied to its "
+                        "target first. The steps are the memory bank's (invert with strength 1.0). DiffEditor's "
+                        "image prompt (IP-Adapter) is not implemented: sampling runs without it, like the official "
+                        "code at ip_scale 0.",
+            inputs=[
+                io.Model.Input("model", tooltip="The model, normally Visual Cross-Attention's patched clone (its "
+                                                "bank steps: move/drag from step 5, appearance/paste to step 35 "
+                                                "of 50)."),
+                types.MemoryBank.Input("memory_bank", tooltip="DDIM Inversion of the image to edit (the base "
+                                                              "image), full strength; its steps set the schedule."),
+                types.Guidance.Input("guidance", tooltip="The edit, from one of the Energy Guidance nodes."),
+                types.Features.Input("features", tooltip="The decoder features the energies compare: Feature "
+                                                         "Extractor's DragonDiffusion preset (output blocks 5 and "
+                                                         "8 at image / 4)."),
+                io.Conditioning.Input("positive", tooltip="The prompt used for the inversion (official: a short "
+                                                          "caption such as 'a photo of a cup')."),
+                io.Conditioning.Input("negative", tooltip="The CFG negative (official: the empty prompt)."),
+                io.Float.Input("cfg", default=4.0, min=1.0, max=30.0, step=0.5,
+                               tooltip="Classifier-free guidance scale. Paper defaults: 4 (move, resize, drag, "
+                                       "paste), 5 (appearance)."),
+                io.Int.Input("seed", default=42, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                             tooltip="Seed of the regional SDE noise (schedule D+); the rest is deterministic. "
+                                     "Official: 42."),
+                io.Combo.Input("schedule", options=list(SCHEDULES), default="D+",
+                               tooltip="D+ (DiffEditor, the official default): guided at steps 0-9 and even steps "
+                                       "10-28, time travel x3 at 22-28, regional SDE at 11-19. D (DragonDiffusion): "
+                                       "guided at every step below 30. Step numbers are of 50 and scale with the "
+                                       "bank's steps."),
+                io.Float.Input("sde_strength", default=energy.MOVE_DEFAULTS.sde_strength, min=0.0, max=1.0,
+                               step=0.05, tooltip="D+ only: the regional SDE's eta inside the edit region (0 = "
+                                                  "deterministic). Paper default 0.4."),
+                types.MemoryBank.Input("memory_bank_replace", optional=True,
+                                       tooltip="Appearance and paste: DDIM Inversion of the second image (same "
+                                               "model, steps and size)."),
+            ],
+            outputs=[io.Latent.Output("edited_latent", display_name="latent",
+                                      tooltip="The edited latent, for VAE Decode.")],
+            hidden=[io.Hidden.unique_id],
+        )
+
+    @classmethod
+    def execute(cls, model, memory_bank, guidance, features, positive, negative, cfg, seed, schedule, sde_strength,
+                memory_bank_replace=None) -> io.NodeOutput:
+        host.topology(model, NAME)
+        _check_inputs(model, memory_bank, memory_bank_replace, guidance, features)
+        steps = plan.dragon_plan(schedule, guidance.mode, len(memory_bank.timesteps), sde_strength,
+                                 num_train_timesteps=len(memory_bank.alphas_cumprod))
+        if tuple(s.t for s in steps) != memory_bank.timesteps:
+            raise DragEditInputError(NAME, "memory_bank", f"starts at t={memory_bank.timesteps[0]}, not at the "
+                                     f"noisiest step t={steps[0].t}",
+                                     "Invert with strength 1.0: DragonDiffusion edits from the full schedule")
+        cond = host.conditioning_tensor(positive, NAME, "positive")
+        uncond = host.conditioning_tensor(negative, NAME, "negative")
+        two_images = guidance.mode in TWO_IMAGE_MODES
+        runner = host.UNetRunner(model, grad=True)
+        with host.grad_scope():
+            cond, uncond = cond.clone(), uncond.clone()
+            guidance = guidance.to(runner.device)
+            denoise_options = runner.transformer_options()
+            renoise_options = runner.transformer_options(bank_attention=False)
+
+            def eps_fn(z, step):
+                if step.phase == "renoise":   # time travel: cond only, no CFG, no bank (dragondiffusion.md §6)
+                    return runner.eps_cfg(z, step.t, cond, None, 1.0, renoise_options)
+                return runner.eps_cfg(z, step.t, cond, uncond, cfg, denoise_options)
+
+            def source(t):
+                return memory_bank_replace.latent(t).clone()
+
+            policy = DragonPolicy(
+                guidance, runner.features_fn(features, cond), lambda t: memory_bank.latent(t).clone(),
+                runner.alphas_cumprod, source=source if two_images else None, seed=seed,
+                sde_strength_outside=energy.DEFAULTS[guidance.mode].sde_strength_outside)
+            t0 = memory_bank.timesteps[0]
+            z_T = energy.copy_noise(guidance, memory_bank.latent(t0).to(runner.device),
+                                    source(t0).to(runner.device) if two_images else None)
+            progress = host.Progress(model, len(steps), cls.hidden.unique_id)
+            z0 = ddim.denoise(eps_fn, z_T, steps, runner.alphas_cumprod, policy, callback=progress)
+        return io.NodeOutput(host.z_to_latent(model, z0))
+
+
+NODES = [DragEditGuidedSampler]
