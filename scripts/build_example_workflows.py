@@ -46,7 +46,98 @@ def reconstruct():
     ]
 
 
-WORKFLOWS = {"reconstruct": reconstruct}
+SCENE_B = "dragedit_scene_b.png"            # the two-image modes' second image (scripts/draw_example_inputs.py)
+RED_BALL, GREEN_BALL = 0xC82828, 0x3CAA46   # the balls' flat fill colours in the two scenes
+DRAGON_STEPS = 20   # the papers' 50 steps take 2-4 min per example on the 2-core CI CPU; D / D+ scale to 20
+
+
+def _points_json(*pairs):
+    return json.dumps({"version": 1, "image_size": [256, 256], "pairs": [list(p) for p in pairs]},
+                      separators=(",", ":"))
+
+
+def _ball_mask(key, image, colour):
+    """A ball's mask from its flat colour, grown over its outline (a user would paint it in the mask editor)."""
+    return [node(f"{key}_colour", "ImageColorToMask", image=(image, 0), color=colour),
+            node(key, "GrowMask", mask=(f"{key}_colour", 0), expand=3)]
+
+
+def _dragon(name, edit, vca_mode, cfg=4.0, vca_masks=None):
+    """DragonDiffusion / DiffEditor: invert (also the second image for the masked modes), the `edit` nodes ending
+    in "guidance", features, visual cross-attention on the paper's steps scaled to DRAGON_STEPS, Guided Sampler."""
+    two_images = vca_mode == "masked"
+    spec = _loader_and_image() + [
+        node("neg", "CLIPTextEncode", clip=("ckpt", 1), text=""),
+        node("invert", "DragEditDDIMInversion", model=("ckpt", 0), latent=("latent", 0), positive=("pos", 0),
+             steps=DRAGON_STEPS),
+    ]
+    second = {}
+    if two_images:
+        spec += [
+            node("image_b", "LoadImage", image=SCENE_B),
+            node("latent_b", "VAEEncode", pixels=("image_b", 0), vae=("ckpt", 2)),
+            node("invert_b", "DragEditDDIMInversion", model=("ckpt", 0), latent=("latent_b", 0), positive=("pos", 0),
+                 steps=DRAGON_STEPS),
+        ]
+        second = dict(memory_bank_replace=("invert_b", 0))
+    start, end = (0, round(35 * DRAGON_STEPS / 50)) if two_images else (round(5 * DRAGON_STEPS / 50), 1000)
+    return spec + edit + [
+        node("features", "DragEditFeatureExtractor", model=("ckpt", 0)),
+        node("vca", "DragEditVisualCrossAttention", model=("ckpt", 0), memory_bank=("invert", 0), mode=vca_mode,
+             start_step=start, end_step=end, **second, **(vca_masks or {})),
+        node("sampler", "DragEditGuidedSampler", model=("vca", 0), memory_bank=("invert", 0), guidance=("guidance", 0),
+             features=("features", 0), positive=("pos", 0), negative=("neg", 0), cfg=cfg, **second),
+        node("decode", "VAEDecode", samples=("sampler", 0), vae=("ckpt", 2)),
+        node("save", "SaveImage", images=("decode", 0), filename_prefix=f"dragedit_{name}"),
+    ]
+
+
+def move():
+    """Move the red ball up and right: the arrow on the Drag Points canvas is the offset."""
+    return _dragon("move", _ball_mask("mask", "image", RED_BALL) + [
+        node("points", "DragEditPoints", image=("image", 0), points_json=_points_json((95, 145, 150, 70))),
+        node("guidance", "DragEditEnergyGuidanceMove", mask=("mask", 0), offset_x=("points", 1),
+             offset_y=("points", 2)),
+    ], "replace")
+
+
+def resize():
+    """Enlarge the red ball 1.3x and lift it: the first arrow is the offset, the second (from its edge) the scale."""
+    return _dragon("resize", _ball_mask("mask", "image", RED_BALL) + [
+        node("points", "DragEditPoints", image=("image", 0),
+             points_json=_points_json((95, 145, 95, 130), (128, 145, 138, 130))),
+        node("guidance", "DragEditEnergyGuidanceResize", mask=("mask", 0), scale=("points", 3),
+             offset_x=("points", 1), offset_y=("points", 2)),
+    ], "replace")
+
+
+def appearance():
+    """The red ball takes the look of the green ball of the second image."""
+    return _dragon("appearance", _ball_mask("mask", "image", RED_BALL) + _ball_mask("mask_b", "image_b", GREEN_BALL) + [
+        node("guidance", "DragEditEnergyGuidanceAppearance", mask_base=("mask", 0), mask_replace=("mask_b", 0)),
+    ], "masked", cfg=5.0, vca_masks=dict(mask_base=("mask", 0), mask_replace=("mask_b", 0)))
+
+
+def paste():
+    """Paste the second image's green ball into the sky of the first: the arrow on its canvas is the offset."""
+    return _dragon("paste", _ball_mask("mask_b", "image_b", GREEN_BALL) + [
+        node("points", "DragEditPoints", image=("image_b", 0), points_json=_points_json((170, 120, 60, 60))),
+        node("guidance", "DragEditEnergyGuidancePaste", mask=("mask_b", 0), offset_x=("points", 1),
+             offset_y=("points", 2)),
+    ], "masked", vca_masks=dict(mask_base=("guidance", 1), mask_replace=("guidance", 2)))
+
+
+def drag():
+    """Content drag: the square's top up and the ball's right side out, inside Drag Points' editable region."""
+    return _dragon("drag", [
+        node("points", "DragEditPoints", image=("image", 0), mask=("image", 1),
+             points_json=_points_json((187, 124, 187, 100), (127, 145, 145, 145))),
+        node("guidance", "DragEditEnergyGuidanceDrag", points=("points", 0), mask=("points", 4)),
+    ], "concat")
+
+
+WORKFLOWS = {"reconstruct": reconstruct, "move": move, "resize": resize, "appearance": appearance, "paste": paste,
+             "drag": drag}
 
 
 def _depths(spec):
@@ -72,7 +163,8 @@ def build(spec, object_info):
         for name in order.get("required", []) + order.get("optional", []):
             spec_ = specs[name]
             value = inputs.get(name)
-            if isinstance(value, tuple):
+            linked = isinstance(value, tuple)
+            if linked:
                 link_id = len(links) + 1
                 parent = ids[value[0]]
                 out_type = object_info[spec[ids[value[0]] - 1][1]]["output"][value[1]]
@@ -80,14 +172,17 @@ def build(spec, object_info):
                 outputs.setdefault((parent, value[1]), []).append(link_id)
                 slots.append({"name": name, "type": spec_[0] if isinstance(spec_[0], str) else "COMBO",
                               "link": link_id})
-            elif _is_widget(spec_):
+            if _is_widget(spec_):
+                if linked:   # a linked widget keeps its slot's widget name and its value, as the frontend saves it
+                    slots[-1]["widget"] = {"name": name}
+                    value = None
                 default = spec_[1].get("default") if len(spec_) > 1 and isinstance(spec_[1], dict) else None
                 if value is None:
                     value = default if default is not None else (spec_[0][0] if isinstance(spec_[0], list) else None)
                 widgets.append(value)
                 if _extra_values(name, spec_):
                     widgets.append("fixed" if spec_[0] == "INT" else "image")
-            elif name in info["input"].get("required", {}):
+            elif not linked and name in info["input"].get("required", {}):
                 raise ValueError(f"{key}: required input {name} of {class_type} is not connected")
         unknown = set(inputs) - set(specs)
         if unknown:
