@@ -128,6 +128,7 @@ class DragEditAlDDScheduler(io.ComfyNode):
                 grad_steps_per_drag, lr, max_no_change, motion=None, tracker=None, mask=None,
                 image=None) -> io.NodeOutput:
         topo = host.topology(model, NAME)
+        context = host.conditioning_tensor(positive, NAME, "positive")
         try:
             memory_bank.check_compatible(host.model_fingerprint(model), memory_bank.latent_shape)
         except ValueError as err:
@@ -158,7 +159,7 @@ class DragEditAlDDScheduler(io.ComfyNode):
 
         runner = host.UNetRunner(model, grad=True)
         with host.grad_scope():
-            cond = host.conditioning_tensor(positive, NAME, "positive").clone()
+            cond = context.clone()
             z = memory_bank.latent(memory_bank.timesteps[0]).to(runner.device).clone()
             editable = None if mask is None else mask.reshape(-1, *mask.shape[-2:])[:1].clone()
             policy = aldd.AlDDPolicy(

@@ -150,7 +150,8 @@ def test_motion_supervision_node(nodes_):
     frozen = run_node(nodes_.motion, variant="gooddrag", r1=4, beta=4.0, lam=0.1,
                       empty_mask="freeze all (GoodDrag code)").result[0]
     assert frozen.regularize_empty_mask and frozen.patch_weight == 64
-    defaults = {name: spec[1]["default"] for name, spec in nodes_.motion.GET_NODE_INFO_V1()["input"]["required"].items()}
+    required = nodes_.motion.GET_NODE_INFO_V1()["input"]["required"]
+    defaults = {name: spec[1]["default"] for name, spec in required.items()}
     assert defaults == dict(variant="gooddrag", r1=4, beta=4.0, lam=0.1, empty_mask=NO_REGION)
 
 
@@ -163,7 +164,7 @@ def test_point_tracker_node_and_its_search_window_preview(nodes_):
     assert shown.shape == image.shape and not torch.equal(shown, image)
     _, wide = run_node(nodes_.tracker, r2=6, clamp=False, image=image, points=pts).result
     assert not torch.equal(wide, shown), "the window grows with r2"
-    with pytest.raises(DragEditInputError, match=r"^DragEdit Point Tracker: input 'image' is 64x48 but the points were drawn"):
+    with pytest.raises(DragEditInputError, match=r"^DragEdit Point Tracker: input 'image' is 64x48 but the points"):
         run_node(nodes_.tracker, r2=3, clamp=True, image=image, points=points((1.0, 2.0, 3.0, 4.0)))
 
 
