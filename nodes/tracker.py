@@ -36,7 +36,8 @@ class DragEditPointTracker(io.ComfyNode):
             outputs=[
                 types.Tracker.Output("tracker", tooltip="The tracker settings for the AlDD Drag Scheduler."),
                 io.Image.Output("preview", tooltip="The points' arrows and each handle's search window at the start, "
-                                                   "on the image (a blank canvas without one)."),
+                                                   "on the image (a blank canvas without one); blank 64×64 without "
+                                                   "points."),
             ],
         )
 
@@ -44,7 +45,7 @@ class DragEditPointTracker(io.ComfyNode):
     def execute(cls, r2, clamp, image=None, points=None) -> io.NodeOutput:
         spec = tracker.TrackerSpec(r2=r2, clamp=clamp)
         if points is None:
-            return io.NodeOutput(spec, torch.zeros(1, 64, 64, 3) if image is None else image)
+            return io.NodeOutput(spec, torch.zeros(1, 64, 64, 3))
         width, height = points.image_size
         if image is None:
             image = torch.zeros(1, height, width, 3)
