@@ -46,6 +46,46 @@ def reconstruct():
     ]
 
 
+def _drag(name, prompt, strength, pairs, motion, tracker, schedule):
+    """A drag with the AlDD Drag Scheduler: invert, points on the canvas, motion supervision and tracker, decode.
+
+    `schedule` holds the scheduler's preset and widgets; the CI examples use preset custom with fewer drags than
+    the papers (GoodDrag's 210 gradient steps take minutes on a CPU), the nodes' defaults are the papers'.
+    """
+    points_json = json.dumps({"version": 1, "image_size": [256, 256], "pairs": pairs}, separators=(",", ":"))
+    return _loader_and_image(prompt=prompt) + [
+        node("invert", "DragEditDDIMInversion", model=("ckpt", 0), latent=("latent", 0), positive=("pos", 0),
+             strength=strength, layers="none"),
+        node("features", "DragEditFeatureExtractor", model=("ckpt", 0),
+             preset="GoodDrag / DragDiffusion (output 8, bilinear, H/2)"),
+        node("points", "DragEditPoints", image=("image", 0), points_json=points_json, mask=("image", 1)),
+        node("motion", "DragEditMotionSupervision", **motion),
+        node("tracker", "DragEditPointTracker", image=("image", 0), points=("points", 0), **tracker),
+        node("drag", "DragEditAlDDScheduler", model=("ckpt", 0), memory_bank=("invert", 0), positive=("pos", 0),
+             points=("points", 0), features=("features", 0), motion=("motion", 0), tracker=("tracker", 0),
+             mask=("points", 4), image=("image", 0), **schedule),
+        node("decode", "VAEDecode", samples=("drag", 0), vae=("ckpt", 2)),
+        node("save", "SaveImage", images=("decode", 0), filename_prefix=f"dragedit_{name}"),
+        node("trajectories", "PreviewImage", images=("drag", 2)),
+    ]
+
+
+def gooddrag():
+    """GoodDrag: the ball's top up, its right side right; T2 7 as the paper, B 2 and J 2 instead of 10 and 3."""
+    return _drag("gooddrag", "", 0.75, [[95, 112, 95, 84], [128, 146, 150, 146]],
+                 motion=dict(variant="gooddrag", r1=4, beta=4.0), tracker=dict(r2=12),
+                 schedule=dict(preset="custom", drag_steps=7, drags_per_step=2, grad_steps_per_drag=2, lr=0.02,
+                               max_no_change=5))
+
+
+def dragdiffusion():
+    """DragDiffusion: the square's top up, at one timestep (t=681); 24 drags instead of 80."""
+    return _drag("dragdiffusion", "a photo of objects on a table", 0.7, [[187, 122, 187, 96]],
+                 motion=dict(variant="dragdiffusion", r1=1), tracker=dict(r2=3),
+                 schedule=dict(preset="custom", drag_steps=1, drags_per_step=24, grad_steps_per_drag=1, lr=0.01,
+                               max_no_change=0))
+
+
 SCENE_B = "dragedit_scene_b.png"            # the two-image modes' second image (scripts/draw_example_inputs.py)
 RED_BALL, GREEN_BALL = 0xC82828, 0x3CAA46   # the balls' flat fill colours in the two scenes
 DRAGON_STEPS = 20   # the papers' 50 steps take 2-4 min per example on the 2-core CI CPU; D / D+ scale to 20
@@ -136,8 +176,8 @@ def drag():
     ], "concat")
 
 
-WORKFLOWS = {"reconstruct": reconstruct, "move": move, "resize": resize, "appearance": appearance, "paste": paste,
-             "drag": drag}
+WORKFLOWS = {"reconstruct": reconstruct, "gooddrag": gooddrag, "dragdiffusion": dragdiffusion,
+             "move": move, "resize": resize, "appearance": appearance, "paste": paste, "drag": drag}
 
 
 def _depths(spec):
