@@ -19,7 +19,7 @@ def pack_nodes(object_info):
 def test_pack_imports_and_lists_its_nodes_in_one_category(comfy_server):
     assert not [l for l in _failed_imports(comfy_server.log()) if PACK_DIR_NAME in l]
     nodes = pack_nodes(comfy_server.object_info())
-    declared = {m for f in (REPO / "nodes").glob("*.py") for m in re.findall(r'node_id="(DragEdit\w+)"', f.read_text())}
+    declared = {m for f in (REPO / "nodes").glob("*.py") for m in re.findall(r'"(DragEdit[A-Z]\w+)"', f.read_text())}
     assert declared and set(nodes) == declared, (sorted(nodes), sorted(declared))
     for name, info in nodes.items():
         assert name.startswith("DragEdit"), name
