@@ -157,8 +157,8 @@ class DragEditAlDDScheduler(io.ComfyNode):
             raise DragEditInputError(NAME, "memory_bank", f"holds {left} inverted steps, fewer than the {preset} "
                                      f"preset's {settings.drag_steps} drag timesteps", more.capitalize()) from None
 
-        runner = host.UNetRunner(model, grad=True)
         with host.grad_scope():
+            runner = host.UNetRunner(model, grad=True)
             cond = context.clone()
             z = memory_bank.latent(memory_bank.timesteps[0]).to(runner.device).clone()
             editable = None if mask is None else mask.reshape(-1, *mask.shape[-2:])[:1].clone()

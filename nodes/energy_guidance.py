@@ -78,9 +78,9 @@ def _scale_input():
                                   "Link Drag Points' scale to take it from a second canvas arrow.")
 
 
-def _object_mask_input(name: str, what: str):
+def _object_mask_input(name: str, what: str, size: str = "Its size sets the working size (latent = size / 8)"):
     return io.Mask.Input(name, tooltip=f"{what} (1 = object), at the size of the image it is drawn on, e.g. "
-                                       f"painted in Load Image's mask editor. Its size sets the working size.")
+                                       f"painted in Load Image's mask editor. {size}.")
 
 
 def _reference_mask_input():
@@ -200,7 +200,8 @@ class DragEditEnergyGuidanceAppearance(io.ComfyNode):
             "shape and place. Needs both images' memory banks on the Guided Sampler; pair with Visual "
             "Cross-Attention in 'masked' mode (steps 0-35 of 50).",
             [_object_mask_input("mask_base", "The object whose appearance changes, in the base image"),
-             _object_mask_input("mask_replace", "The object to take the appearance from, in the replace image"),
+             _object_mask_input("mask_replace", "The object to take the appearance from, in the replace image",
+                                "That image must have the base image's size"),
              *_weight_inputs("appearance", ("w_edit", "w_content")), _energy_scale_input("appearance")],
             [_guidance_output()])
 

@@ -46,19 +46,22 @@ def reconstruct():
     ]
 
 
+ALDD_STEPS = 20   # as the DragonDiffusion examples: 50 steps plus the drags take minutes on the 2-core CI CPU
+
+
 def _drag(name, prompt, strength, pairs, motion, tracker, schedule):
     """A drag with the AlDD Drag Scheduler: invert, points on the canvas, motion supervision and tracker, decode.
 
-    `schedule` holds the scheduler's preset and widgets; the CI examples use preset custom with fewer drags than
-    the papers (GoodDrag's 210 gradient steps take minutes on a CPU), the nodes' defaults are the papers'.
+    `schedule` holds the scheduler's preset and widgets. The CI examples run 20 DDIM steps and preset custom with
+    fewer drags than the papers (GoodDrag's 210 gradient steps take many minutes on a CPU); the nodes' defaults
+    are the papers'.
     """
-    points_json = json.dumps({"version": 1, "image_size": [256, 256], "pairs": pairs}, separators=(",", ":"))
     return _loader_and_image(prompt=prompt) + [
         node("invert", "DragEditDDIMInversion", model=("ckpt", 0), latent=("latent", 0), positive=("pos", 0),
-             strength=strength, layers="none"),
+             steps=ALDD_STEPS, strength=strength, layers="none"),
         node("features", "DragEditFeatureExtractor", model=("ckpt", 0),
              preset="GoodDrag / DragDiffusion (output 8, bilinear, H/2)"),
-        node("points", "DragEditPoints", image=("image", 0), points_json=points_json, mask=("image", 1)),
+        node("points", "DragEditPoints", image=("image", 0), points_json=_points_json(*pairs), mask=("image", 1)),
         node("motion", "DragEditMotionSupervision", **motion),
         node("tracker", "DragEditPointTracker", image=("image", 0), points=("points", 0), **tracker),
         node("drag", "DragEditAlDDScheduler", model=("ckpt", 0), memory_bank=("invert", 0), positive=("pos", 0),
@@ -71,16 +74,17 @@ def _drag(name, prompt, strength, pairs, motion, tracker, schedule):
 
 
 def gooddrag():
-    """GoodDrag: the ball's top up, its right side right; T2 7 as the paper, B 2 and J 2 instead of 10 and 3."""
-    return _drag("gooddrag", "", 0.75, [[95, 112, 95, 84], [128, 146, 150, 146]],
+    """GoodDrag: the ball's top up, its right side right. Strength 0.75 of 20 steps starts at t=701; T2 3 (t=701,
+    651, 601: GoodDrag's 7 of 50 span t=741..621), B 4 and J 2 instead of 10 and 3."""
+    return _drag("gooddrag", "", 0.75, [(95, 112, 95, 84), (128, 146, 150, 146)],
                  motion=dict(variant="gooddrag", r1=4, beta=4.0), tracker=dict(r2=12),
-                 schedule=dict(preset="custom", drag_steps=7, drags_per_step=2, grad_steps_per_drag=2, lr=0.02,
+                 schedule=dict(preset="custom", drag_steps=3, drags_per_step=4, grad_steps_per_drag=2, lr=0.02,
                                max_no_change=5))
 
 
 def dragdiffusion():
-    """DragDiffusion: the square's top up, at one timestep (t=681); 24 drags instead of 80."""
-    return _drag("dragdiffusion", "a photo of objects on a table", 0.7, [[187, 122, 187, 96]],
+    """DragDiffusion: the square's top up, at one timestep (strength 0.7 of 20 steps: t=651); 24 drags, not 80."""
+    return _drag("dragdiffusion", "a photo of objects on a table", 0.7, [(187, 122, 187, 96)],
                  motion=dict(variant="dragdiffusion", r1=1), tracker=dict(r2=3),
                  schedule=dict(preset="custom", drag_steps=1, drags_per_step=24, grad_steps_per_drag=1, lr=0.01,
                                max_no_change=0))
