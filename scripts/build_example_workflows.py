@@ -16,6 +16,7 @@ OUT = REPO / "example_workflows"
 TEST_CKPT = "dragedit_test_sd15.safetensors"
 SCENE = "dragedit_scene.png"
 COLUMN_WIDTH, ROW_GAP = 380, 40
+CANVAS_HEIGHT = {"DragEditPoints": 300}  # the point editor's canvas below the widgets
 
 
 def node(key, class_type, **inputs):
@@ -233,7 +234,7 @@ def build(spec, object_info):
             raise ValueError(f"{key}: {class_type} has no inputs {sorted(unknown)}")
         column = depth[key]
         row_y = rows.get(column, 60)
-        height = 80 + 26 * (len(widgets) + len(slots))
+        height = 80 + 26 * (len(widgets) + len(slots)) + CANVAS_HEIGHT.get(class_type, 0)
         rows[column] = row_y + height + ROW_GAP
         nodes.append({"id": ids[key], "type": class_type, "pos": [40 + COLUMN_WIDTH * column, row_y],
                       "size": [COLUMN_WIDTH - 40, height], "flags": {}, "order": len(nodes), "mode": 0,
