@@ -8,15 +8,16 @@ from tests.support.host import COMFY_ROOT, TEST_CKPT, require_host
 _state = {}
 
 
-def import_comfy():
-    """Import ComfyUI once: CPU mode before comfy.model_management probes CUDA; utils before nodes (gotcha 4)."""
+def import_comfy(cpu=True):
+    """Import ComfyUI once: the device chosen before comfy.model_management probes CUDA; utils before nodes
+    (gotcha 4). Tests run on the CPU; a benchmark on a GPU machine passes cpu=False."""
     if "nodes" in _state:
         return _state["nodes"]
     require_host()
     sys.path.insert(0, str(COMFY_ROOT))
     import comfy.cli_args
 
-    comfy.cli_args.args.cpu = True
+    comfy.cli_args.args.cpu = cpu
     comfy.cli_args.args.use_pytorch_cross_attention = True
     import utils.extra_config  # noqa: F401  (before `nodes`, which puts ROOT/comfy first on sys.path)
     import nodes
