@@ -1,9 +1,11 @@
 """The pack's ComfyUI nodes (V3 schema). Each module lists its node classes in `NODES`."""
 from comfy_api.latest import ComfyExtension, io
 
-from . import aldd, cross_attention, energy_guidance, features, guided_sampler, inversion, motion, points, tracker
+from . import (aldd, cross_attention, demo_model, energy_guidance, features, guided_sampler, inversion, motion, points,
+               tracker)
 
-_MODULES = (inversion, features, cross_attention, points, motion, tracker, aldd, energy_guidance, guided_sampler)
+_MODULES = (demo_model, inversion, features, cross_attention, points, motion, tracker, aldd, energy_guidance,
+            guided_sampler)
 
 
 class DragEditExtension(ComfyExtension):

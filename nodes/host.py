@@ -302,3 +302,43 @@ def z_to_latent(model, z: torch.Tensor, sigma: float = 0.0) -> dict:
     """A LATENT dict for stock nodes: sigma-space x = z·sqrt(1+sigma²), unscaled VAE space (process_latent_out)."""
     x = schedule.x_from_z(z.detach().float(), sigma)
     return {"samples": model.model.process_latent_out(x).cpu()}
+
+
+DEMO_UNET_CONFIG_KEY = "dragedit.unet_config"  # safetensors metadata written by tools/train_demo.py
+
+
+def load_demo_model(path):
+    """(MODEL, CLIP, VAE) of the project's demo model file (tools/train_demo.py).
+
+    The UNet is SD-1.x in topology but small, so ComfyUI's detection (which keys SD15 on 320 channels) cannot
+    find it: its config travels in the file's metadata and is built as an SD15 model config, so every topology
+    check and patch of the pack applies unchanged. The model is unconditional: its cross-attention weights are not
+    in the file and are zero here, so the text context has no effect, and the CLIP is SD-1.5's text encoder with
+    all weights zero, a placeholder that keeps CLIPTextEncode in the graph. The VAE is a TAESD-layout autoencoder
+    that ComfyUI's VAE class reads as it is.
+    """
+    import json
+
+    import comfy.sd
+    import comfy.supported_models
+
+    sd, metadata = comfy.utils.load_torch_file(str(path), safe_load=True, return_metadata=True)
+    unet_config = json.loads(metadata[DEMO_UNET_CONFIG_KEY])
+    model_config = comfy.supported_models.SD15(unet_config)
+    model_config.unet_config.update({k: unet_config[k] for k in ("num_heads", "num_head_channels")})
+    model_config.set_inference_dtype(torch.float32, None)
+    model = model_config.get_model(sd, "model.diffusion_model.", device=comfy.model_management.unet_offload_device())
+    model.load_model_weights(sd, "model.diffusion_model.")
+    with torch.no_grad():
+        for name, param in model.diffusion_model.named_parameters():
+            if ".attn2." in name:
+                param.zero_()
+    patcher = comfy.model_patcher.ModelPatcher(model, load_device=comfy.model_management.get_torch_device(),
+                                               offload_device=comfy.model_management.unet_offload_device())
+    vae_sd = comfy.utils.state_dict_prefix_replace(sd, {"first_stage_model.": ""}, filter_keys=True)
+    vae = comfy.sd.VAE(sd=vae_sd)
+    clip = comfy.sd.CLIP(model_config.clip_target(state_dict={}), parameters=0)
+    with torch.no_grad():
+        for param in clip.cond_stage_model.parameters():
+            param.zero_()
+    return patcher, clip, vae

@@ -34,7 +34,7 @@ CHANNEL_MULT = {"test": [1, 1, 1, 1], "full": [1, 2, 4, 4]}
 TEST_OUT_SCALE = 0.02
 
 
-def _init_default(modules):
+def init_default_weights(modules):
     """comfy ops skip weight init (torch.empty); give every layer torch's default init."""
     for mod in modules:
         for cls in (torch.nn.Linear, torch.nn.Conv2d, torch.nn.GroupNorm, torch.nn.LayerNorm):
@@ -69,7 +69,7 @@ def build_state_dict(profile="test", seed=0, dtype=torch.float16):
         vae = comfy.taesd.taesd.TAESD(latent_channels=4)
         vae.vae_scale.data.fill_(1.0)
         vae.vae_shift.data.fill_(0.0)
-    _init_default(list(unet.modules()) + list(clip.modules()) + list(vae.modules()))
+    init_default_weights(list(unet.modules()) + list(clip.modules()) + list(vae.modules()))
     if profile == "test":
         with torch.no_grad():
             unet.out[-1].weight.mul_(TEST_OUT_SCALE)

@@ -1,0 +1,209 @@
+"""Drag accuracy with ground truth: generated scenes (tools/scenes.py) edited by the pack's nodes on the demo model.
+
+    .dev/venv/bin/python -m bench.drag_accuracy [--cases 4] [--steps 50]
+
+Per mode (move, resize, drag) and method (DragonDiffusion, GoodDrag, and the do-nothing baseline: inversion and
+reconstruction with zero energy), over --cases cases:
+  centroid px   distance from the edited object's centroid in the output to its ground-truth centroid; the
+                object is found as the pixels that differ from the scene rendered without it (so a ghost left at
+                the old place pulls the centroid back, as it should). Input: the distance before the edit.
+  scale         the object's size in the output over its size in the input (sqrt of the area ratio); resize
+                only, against the target scale.
+  unchanged     mean absolute error (0-255) against the input outside the object's old and new place (4 px margin).
+  MD px         DragBench's mean distance: the handle's feature in the input (the demo UNet's output block 8 at
+                t=261, as DIFT) found by nearest neighbour in the output, distance to the target.
+Numbers are what they are; nothing here asserts.
+"""
+import argparse
+import math
+
+import numpy as np
+import torch
+
+from tests.support import comfy_inproc
+from tests.support.comfy_inproc import run_node
+from tests.support.pack import load_pack
+from tools import scenes
+
+MODES = ("move", "resize", "drag")
+METHODS = ("baseline", "DragonDiffusion", "GoodDrag")
+OBJECT_THRESHOLD = 48  # max channel difference (0-255) from the object-free scene that counts as object
+MD_TIMESTEP = 261
+
+
+def _nodes():
+    load_pack()
+    from comfyui_dragedit.nodes import aldd, cross_attention, demo_model, energy_guidance, guided_sampler, host, inversion
+    return dict(host=host, demo_model_file=demo_model.DEMO_MODEL_FILE, inversion=inversion.DragEditDDIMInversion, vca=cross_attention.DragEditVisualCrossAttention,
+                sampler=guided_sampler.DragEditGuidedSampler, aldd=aldd.DragEditAlDDScheduler,
+                move=energy_guidance.DragEditEnergyGuidanceMove, resize=energy_guidance.DragEditEnergyGuidanceResize,
+                drag=energy_guidance.DragEditEnergyGuidanceDrag)
+
+
+def _defaults(node) -> dict:
+    info = node.GET_NODE_INFO_V1()["input"]
+    specs = {**info["required"], **info.get("optional", {})}
+    return {name: spec[1]["default"] for name, spec in specs.items() if len(spec) > 1 and "default" in spec[1]}
+
+
+def _dilate(mask: np.ndarray, px: int) -> np.ndarray:
+    out = mask > 0.5
+    for _ in range(px):
+        grown = out.copy()
+        grown[1:] |= out[:-1]
+        grown[:-1] |= out[1:]
+        grown[:, 1:] |= out[:, :-1]
+        grown[:, :-1] |= out[:, 1:]
+        out = grown
+    return out
+
+
+def _editable_region(case) -> torch.Tensor:
+    """The region the edit may change: the object's old and new place, 8 px margin, as a [1, H, W] MASK."""
+    return torch.from_numpy(_dilate(np.maximum(case.mask, case.expected_mask), 8).astype(np.float32))[None]
+
+
+class Editor:
+    """Runs one case through the nodes, the way the example workflows wire them."""
+
+    def __init__(self, steps):
+        self.nodes = _nodes()
+        self.steps = steps
+        self.model, clip, self.vae = self.nodes["host"].load_demo_model(self.nodes["demo_model_file"])
+        with torch.inference_mode():
+            self.cond = clip.encode_from_tokens_scheduled(clip.tokenize(""))
+
+    def encode(self, image: np.ndarray) -> dict:
+        with torch.inference_mode():
+            return {"samples": self.vae.encode(torch.from_numpy(image).float()[None] / 255.0)}
+
+    def decode(self, latent: dict) -> np.ndarray:
+        with torch.inference_mode():
+            pixels = self.vae.decode(latent["samples"])
+        return (pixels.reshape(pixels.shape[-3:]).clamp(0, 1).numpy() * 255).round().astype(np.uint8)
+
+    def invert(self, latent, strength, layers="decoder self-attention"):
+        return run_node(self.nodes["inversion"], model=self.model, latent=latent, positive=self.cond,
+                        steps=self.steps, strength=strength, layers=layers, bank_device="offload (CPU)").result[0]
+
+    def dragon(self, case, latent, baseline=False) -> dict:
+        from comfyui_dragedit.kernels.features import DRAGON_TAP
+        from comfyui_dragedit.kernels.points import DragPoints
+
+        bank = self.invert(latent, 1.0)
+        mask = torch.from_numpy(case.mask)[None]
+        if baseline:
+            node, geometry = self.nodes["move"], dict(mask=mask, energy_scale=0.0)
+        elif case.mode == "move":
+            node, geometry = self.nodes["move"], dict(mask=mask, offset_x=round(case.offset[0]),
+                                                      offset_y=round(case.offset[1]))
+        elif case.mode == "resize":
+            node, geometry = self.nodes["resize"], dict(mask=mask, scale=round(case.scale, 2))
+        else:
+            size = case.image.shape[0]
+            node, geometry = self.nodes["drag"], dict(points=DragPoints((case.handle + case.target,), (size, size)),
+                                                      mask=_editable_region(case))
+        guidance = run_node(node, **{**_defaults(node), **geometry}).result[0]
+        start = round(5 * self.steps / 50)
+        model = self.model if baseline else run_node(
+            self.nodes["vca"], model=self.model, memory_bank=bank, mode="concat" if case.mode == "drag" else "replace",
+            start_step=start, end_step=1000).result[0]
+        settings = {**_defaults(self.nodes["sampler"]), **(dict(sde_strength=0.0) if baseline else {})}
+        return run_node(self.nodes["sampler"], model=model, memory_bank=bank, guidance=guidance, features=DRAGON_TAP,
+                        positive=self.cond, negative=self.cond, **settings).result[0]
+
+    def gooddrag(self, case, latent) -> dict:
+        from comfyui_dragedit.kernels.aldd import GOODDRAG
+        from comfyui_dragedit.kernels.features import GOODDRAG_TAP
+        from comfyui_dragedit.kernels.points import DragPoints
+
+        size = case.image.shape[0]
+        bank = self.invert(latent, GOODDRAG.settings.strength)
+        points = DragPoints((case.handle + case.target,), (size, size))
+        return run_node(self.nodes["aldd"], model=self.model, memory_bank=bank, positive=self.cond, points=points,
+                        features=GOODDRAG_TAP, mask=_editable_region(case),
+                        **_defaults(self.nodes["aldd"])).result[0]
+
+    def edit(self, case, method) -> np.ndarray:
+        latent = self.encode(case.image)
+        if method == "GoodDrag":
+            return self.decode(self.gooddrag(case, latent))
+        return self.decode(self.dragon(case, latent, baseline=method == "baseline"))
+
+    def features(self, image: np.ndarray) -> torch.Tensor:
+        """DIFT-style features of an image: output block 8 at t=261 with fixed noise, [C, H/2, W/2]."""
+        from comfyui_dragedit.kernels.features import GOODDRAG_TAP, concat_features
+        from comfyui_dragedit.kernels.schedule import alpha_bar_at
+
+        host = self.nodes["host"]
+        with torch.inference_mode():
+            z0 = host.latent_to_z(self.model, self.encode(image), "bench")
+        runner = host.UNetRunner(self.model)
+        alpha_bar = alpha_bar_at(runner.alphas_cumprod, MD_TIMESTEP)
+        noise = torch.randn(z0.shape, generator=torch.Generator().manual_seed(0))
+        z_t = math.sqrt(alpha_bar) * z0 + math.sqrt(1 - alpha_bar) * noise
+        cond = host.conditioning_tensor(self.cond, "bench", "positive")
+        with torch.inference_mode():
+            feats = runner.features_fn(GOODDRAG_TAP, cond)(z_t.to(runner.device), MD_TIMESTEP)
+        return concat_features(feats)[0].float().cpu()
+
+
+def object_mask(case, image: np.ndarray) -> np.ndarray:
+    """Pixels of `image` that differ from the scene rendered without the edited object."""
+    plate = scenes.render(scenes.Scene(case.scene.size, case.scene.background,
+                                       tuple(o for k, o in enumerate(case.scene.objects) if k != case.index)))[0]
+    return np.abs(image.astype(np.int16) - plate.astype(np.int16)).max(axis=-1) > OBJECT_THRESHOLD
+
+
+def matched_point(f_in: torch.Tensor, f_out: torch.Tensor, handle, image_size: int) -> tuple[float, float]:
+    """Where the handle's input feature is nearest in the output (image px): DragBench's MD point."""
+    stride = image_size / f_in.shape[-1]
+    grid = (torch.tensor([[[handle]]], dtype=torch.float32) + 0.5) / image_size * 2 - 1
+    ref = torch.nn.functional.grid_sample(f_in[None], grid, mode="bilinear", align_corners=False)[0, :, 0, 0]
+    row, col = divmod(int((f_out - ref[:, None, None]).pow(2).sum(0).argmin()), f_out.shape[-1])
+    return ((col + 0.5) * stride - 0.5, (row + 0.5) * stride - 0.5)
+
+
+def measure(case, output: np.ndarray, f_in: torch.Tensor, f_out: torch.Tensor) -> dict:
+    found = object_mask(case, output)
+    target = scenes.centroid(case.expected_mask)
+    centroid = scenes.centroid(found.astype(np.float32)) if found.any() else (math.nan, math.nan)
+    outside = ~_dilate(np.maximum(case.mask, case.expected_mask), 4)
+    unchanged = np.abs(output.astype(np.int16) - case.image.astype(np.int16))[outside].mean()
+    point = matched_point(f_in, f_out, case.handle, case.image.shape[1])
+    return dict(centroid=math.dist(centroid, target), scale=math.sqrt(found.sum() / max(case.mask.sum(), 1e-6)),
+                unchanged=float(unchanged), md=math.dist(point, case.target))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cases", type=int, default=4, help="cases per mode")
+    ap.add_argument("--steps", type=int, default=50, help="DDIM steps of the full schedule")
+    args = ap.parse_args()
+    comfy_inproc.import_comfy()
+    editor = Editor(args.steps)
+    print(f"Drag accuracy on the demo model, {args.cases} cases per mode at 128x128, {args.steps} DDIM steps")
+    print(f"{'mode':8}{'method':17}{'centroid px':>12}{'scale':>14}{'unchanged':>11}{'MD px':>8}{'lost':>6}")
+    for mode in MODES:
+        cases = [scenes.drag_case(seed, mode) for seed in range(args.cases)]
+        before = [math.dist(scenes.centroid(c.mask), scenes.centroid(c.expected_mask)) for c in cases]
+        md_before = [math.dist(c.handle, c.target) for c in cases]
+        target_scale = np.mean([c.scale for c in cases])
+        print(f"{mode:8}{'input':17}{np.mean(before):>12.1f}{f'target {target_scale:.2f}':>14}{0.0:>11.1f}"
+              f"{np.mean(md_before):>8.1f}{'':>6}", flush=True)
+        f_inputs = [editor.features(c.image) for c in cases]
+        for method in METHODS:
+            rows = []
+            for case, f_in in zip(cases, f_inputs):
+                output = editor.edit(case, method)
+                rows.append(measure(case, output, f_in, editor.features(output)))
+            lost = sum(math.isnan(r["centroid"]) for r in rows)
+            kept = [r for r in rows if not math.isnan(r["centroid"])]
+            mean = {k: np.mean([r[k] for r in kept]) if kept else math.nan for k in ("centroid", "scale")}
+            print(f"{'':8}{method:17}{mean['centroid']:>12.1f}{mean['scale']:>14.2f}"
+                  f"{np.mean([r['unchanged'] for r in rows]):>11.1f}{np.mean([r['md'] for r in rows]):>8.1f}"
+                  f"{lost:>6}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
