@@ -4,11 +4,11 @@
 
 Per mode (move, resize, drag) and method (DragonDiffusion, GoodDrag, and the do-nothing baseline: inversion and
 reconstruction with zero energy), over --cases cases:
-  centroid px   distance from the edited object's centroid in the output to its ground-truth centroid; the
-                object is found as the pixels that differ from the scene rendered without it (so a ghost left at
-                the old place pulls the centroid back, as it should). Input: the distance before the edit.
-  scale         the object's size in the output over its size in the input (sqrt of the area ratio); resize
-                only, against the target scale.
+  centroid px   distance from the edited object's centroid in the output to its ground-truth centroid. The
+                object is found by template matching: the input's object (its pixels under its mask) is shifted
+                (and, for resize, scaled about its centre) to where it fits the output best (least masked squared
+                error), which the reconstruction's blur does not mislead. Input: the distance before the edit.
+  scale         the scale of that best fit; resize only, against the target scale.
   unchanged     mean absolute error (0-255) against the input outside the object's old and new place (4 px margin).
   MD px         DragBench's mean distance: the handle's feature in the input (the demo UNet's output block 8 at
                 t=261, as DIFT) found by nearest neighbour in the output, distance to the target.
@@ -27,7 +27,6 @@ from tools import scenes
 
 MODES = ("move", "resize", "drag")
 METHODS = ("baseline", "DragonDiffusion", "GoodDrag")
-OBJECT_THRESHOLD = 48  # max channel difference (0-255) from the object-free scene that counts as object
 MD_TIMESTEP = 261
 
 
@@ -148,13 +147,6 @@ class Editor:
         return concat_features(feats)[0].float().cpu()
 
 
-def object_mask(case, image: np.ndarray) -> np.ndarray:
-    """Pixels of `image` that differ from the scene rendered without the edited object."""
-    plate = scenes.render(scenes.Scene(case.scene.size, case.scene.background,
-                                       tuple(o for k, o in enumerate(case.scene.objects) if k != case.index)))[0]
-    return np.abs(image.astype(np.int16) - plate.astype(np.int16)).max(axis=-1) > OBJECT_THRESHOLD
-
-
 def matched_point(f_in: torch.Tensor, f_out: torch.Tensor, handle, image_size: int) -> tuple[float, float]:
     """Where the handle's input feature is nearest in the output (image px): DragBench's MD point."""
     stride = image_size / f_in.shape[-1]
@@ -165,44 +157,63 @@ def matched_point(f_in: torch.Tensor, f_out: torch.Tensor, handle, image_size: i
 
 
 def measure(case, output: np.ndarray, f_in: torch.Tensor, f_out: torch.Tensor) -> dict:
-    found = object_mask(case, output)
     target = scenes.centroid(case.expected_mask)
-    centroid = scenes.centroid(found.astype(np.float32)) if found.any() else (math.nan, math.nan)
+    if case.mode == "resize":
+        centroid, scale = scenes.locate_object(case, output, shift_range=6, scales=np.arange(0.5, 1.61, 0.05))
+    else:
+        centroid, scale = scenes.locate_object(case, output)
     outside = ~_dilate(np.maximum(case.mask, case.expected_mask), 4)
     unchanged = np.abs(output.astype(np.int16) - case.image.astype(np.int16))[outside].mean()
     point = matched_point(f_in, f_out, case.handle, case.image.shape[1])
-    return dict(centroid=math.dist(centroid, target), scale=math.sqrt(found.sum() / max(case.mask.sum(), 1e-6)),
-                unchanged=float(unchanged), md=math.dist(point, case.target))
+    return dict(centroid=math.dist(centroid, target), scale=scale, unchanged=float(unchanged),
+                md=math.dist(point, case.target))
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", type=int, default=4, help="cases per mode")
     ap.add_argument("--steps", type=int, default=50, help="DDIM steps of the full schedule")
+    ap.add_argument("--sheet", help="also write a PNG: per case input (handle red, target blue), ground truth, "
+                                    "then each method's output")
     args = ap.parse_args()
     comfy_inproc.import_comfy()
     editor = Editor(args.steps)
     print(f"Drag accuracy on the demo model, {args.cases} cases per mode at 128x128, {args.steps} DDIM steps")
-    print(f"{'mode':8}{'method':17}{'centroid px':>12}{'scale':>14}{'unchanged':>11}{'MD px':>8}{'lost':>6}")
+    print(f"{'mode':8}{'method':17}{'centroid px':>12}{'scale':>14}{'unchanged':>11}{'MD px':>8}")
+    sheet = {}
     for mode in MODES:
         cases = [scenes.drag_case(seed, mode) for seed in range(args.cases)]
         before = [math.dist(scenes.centroid(c.mask), scenes.centroid(c.expected_mask)) for c in cases]
         md_before = [math.dist(c.handle, c.target) for c in cases]
         target_scale = np.mean([c.scale for c in cases])
         print(f"{mode:8}{'input':17}{np.mean(before):>12.1f}{f'target {target_scale:.2f}':>14}{0.0:>11.1f}"
-              f"{np.mean(md_before):>8.1f}{'':>6}", flush=True)
+              f"{np.mean(md_before):>8.1f}", flush=True)
         f_inputs = [editor.features(c.image) for c in cases]
         for method in METHODS:
             rows = []
-            for case, f_in in zip(cases, f_inputs):
+            for k, (case, f_in) in enumerate(zip(cases, f_inputs)):
                 output = editor.edit(case, method)
                 rows.append(measure(case, output, f_in, editor.features(output)))
-            lost = sum(math.isnan(r["centroid"]) for r in rows)
-            kept = [r for r in rows if not math.isnan(r["centroid"])]
-            mean = {k: np.mean([r[k] for r in kept]) if kept else math.nan for k in ("centroid", "scale")}
-            print(f"{'':8}{method:17}{mean['centroid']:>12.1f}{mean['scale']:>14.2f}"
-                  f"{np.mean([r['unchanged'] for r in rows]):>11.1f}{np.mean([r['md'] for r in rows]):>8.1f}"
-                  f"{lost:>6}", flush=True)
+                sheet.setdefault((mode, k), [_marked(case), case.expected]).append(output)
+            mean = {k: np.mean([r[k] for r in rows]) for k in rows[0]}
+            print(f"{'':8}{method:17}{mean['centroid']:>12.1f}{mean['scale']:>14.2f}{mean['unchanged']:>11.1f}"
+                  f"{mean['md']:>8.1f}", flush=True)
+
+    if args.sheet:
+        from PIL import Image
+        rows = [np.concatenate([np.pad(tile, ((1, 1), (1, 1), (0, 0)), constant_values=255) for tile in tiles], 1)
+                for tiles in sheet.values()]
+        Image.fromarray(np.concatenate(rows, 0)).save(args.sheet)
+        print(f"wrote {args.sheet}: columns input, ground truth, {', '.join(METHODS)}")
+
+
+def _marked(case) -> np.ndarray:
+    """The input with the handle (red) and target (blue) drawn as 3x3 dots."""
+    image = case.image.copy()
+    for (x, y), colour in ((case.handle, (255, 0, 0)), (case.target, (0, 90, 255))):
+        row, col = round(y), round(x)
+        image[max(row - 1, 0):row + 2, max(col - 1, 0):col + 2] = colour
+    return image
 
 
 if __name__ == "__main__":

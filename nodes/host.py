@@ -328,11 +328,9 @@ def load_demo_model(path):
     model_config.unet_config.update({k: unet_config[k] for k in ("num_heads", "num_head_channels")})
     model_config.set_inference_dtype(torch.float32, None)
     model = model_config.get_model(sd, "model.diffusion_model.", device=comfy.model_management.unet_offload_device())
+    sd.update({"model.diffusion_model." + name: torch.zeros_like(value)
+               for name, value in model.diffusion_model.state_dict().items() if ".attn2." in name})
     model.load_model_weights(sd, "model.diffusion_model.")
-    with torch.no_grad():
-        for name, param in model.diffusion_model.named_parameters():
-            if ".attn2." in name:
-                param.zero_()
     patcher = comfy.model_patcher.ModelPatcher(model, load_device=comfy.model_management.get_torch_device(),
                                                offload_device=comfy.model_management.unet_offload_device())
     vae_sd = comfy.utils.state_dict_prefix_replace(sd, {"first_stage_model.": ""}, filter_keys=True)

@@ -8,6 +8,7 @@ current inputs. Run after changing a node's inputs or a workflow below:
 import json
 import sys
 
+from scripts import draw_example_inputs
 from tests.support.pack import REPO
 from tests.support.server import ComfyServer
 from tests.support.workflow import _extra_values, _is_widget
@@ -96,8 +97,8 @@ RED_BALL, GREEN_BALL = 0xC82828, 0x3CAA46   # the balls' flat fill colours in th
 DRAGON_STEPS = 20   # the papers' 50 steps take 2-4 min per example on the 2-core CI CPU; D / D+ scale to 20
 
 
-def _points_json(*pairs):
-    return json.dumps({"version": 1, "image_size": [256, 256], "pairs": [list(p) for p in pairs]},
+def _points_json(*pairs, size=256):
+    return json.dumps({"version": 1, "image_size": [size, size], "pairs": [list(p) for p in pairs]},
                       separators=(",", ":"))
 
 
@@ -107,14 +108,15 @@ def _ball_mask(key, image, colour):
             node(key, "GrowMask", mask=(f"{key}_colour", 0), expand=3)]
 
 
-def _dragon(name, edit, vca_mode, cfg=4.0, vca_masks=None):
+def _dragon(name, edit, vca_mode, cfg=4.0, vca_masks=None, head=None, steps=DRAGON_STEPS):
     """DragonDiffusion / DiffEditor: invert (also the second image for the masked modes), the `edit` nodes ending
-    in "guidance", features, visual cross-attention on the paper's steps scaled to DRAGON_STEPS, Guided Sampler."""
+    in "guidance", features, visual cross-attention on the paper's steps scaled to `steps`, Guided Sampler.
+    `head` (default: checkpoint and scene) provides the nodes "ckpt", "image", "pos" and "latent"."""
     two_images = vca_mode == "masked"
-    spec = _loader_and_image() + [
+    spec = (head or _loader_and_image()) + [
         node("neg", "CLIPTextEncode", clip=("ckpt", 1), text=""),
         node("invert", "DragEditDDIMInversion", model=("ckpt", 0), latent=("latent", 0), positive=("pos", 0),
-             steps=DRAGON_STEPS),
+             steps=steps),
     ]
     second = {}
     if two_images:
@@ -125,7 +127,7 @@ def _dragon(name, edit, vca_mode, cfg=4.0, vca_masks=None):
                  steps=DRAGON_STEPS),
         ]
         second = dict(memory_bank_replace=("invert_b", 0))
-    start, end = (0, round(35 * DRAGON_STEPS / 50)) if two_images else (round(5 * DRAGON_STEPS / 50), 1000)
+    start, end = (0, round(35 * steps / 50)) if two_images else (round(5 * steps / 50), 1000)
     return spec + edit + [
         node("features", "DragEditFeatureExtractor", model=("ckpt", 0)),
         node("vca", "DragEditVisualCrossAttention", model=("ckpt", 0), memory_bank=("invert", 0), mode=vca_mode,
@@ -181,7 +183,28 @@ def drag():
     ], "concat")
 
 
-WORKFLOWS = {"reconstruct": reconstruct, "gooddrag": gooddrag, "dragdiffusion": dragdiffusion,
+def demo_move():
+    """The main job: the pack's demo model moves a disc 30 px right on a generated scene, no checkpoint needed.
+    The full 50 DDIM steps: the demo UNet is small enough for a minute on a CPU."""
+    case = draw_example_inputs.demo_case()
+    arrow = tuple(round(v) for v in case.handle + case.target)
+    size = case.image.shape[0]
+    head = [
+        node("ckpt", "DragEditDemoModel"),
+        node("image", "LoadImage", image=draw_example_inputs.DEMO_SCENE),
+        node("pos", "CLIPTextEncode", clip=("ckpt", 1), text=""),
+        node("latent", "VAEEncode", pixels=("image", 0), vae=("ckpt", 2)),
+    ]
+    return _dragon("demo_move", [
+        node("object", "LoadImageMask", image=draw_example_inputs.DEMO_MASK, channel="red"),
+        node("mask", "GrowMask", mask=("object", 0), expand=2),
+        node("points", "DragEditPoints", image=("image", 0), points_json=_points_json(arrow, size=size)),
+        node("guidance", "DragEditEnergyGuidanceMove", mask=("mask", 0), offset_x=("points", 1),
+             offset_y=("points", 2)),
+    ], "replace", cfg=1.0, head=head, steps=50)
+
+
+WORKFLOWS = {"demo_move": demo_move, "reconstruct": reconstruct, "gooddrag": gooddrag, "dragdiffusion": dragdiffusion,
              "move": move, "resize": resize, "appearance": appearance, "paste": paste, "drag": drag}
 
 

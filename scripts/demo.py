@@ -1,11 +1,11 @@
 """The main job: a drag edit through a real ComfyUI, on the bundled example scene.
 
-    bash scripts/demo.sh [--ckpt /path/to/sd15.safetensors] [--workflow move] [--out demo_output]
+    bash scripts/demo.sh [--ckpt /path/to/sd15.safetensors] [--workflow NAME] [--out demo_output]
 
 Starts ComfyUI (CPU) in a fresh base directory with the pack, converts example_workflows/<workflow>.json to an
-API prompt, runs it and copies the saved image(s) to --out. With --ckpt, every CheckpointLoaderSimple of the
-workflow loads that SD-1.5 checkpoint; without it, the built-in random-weight test model runs, which proves the
-pipeline but draws noise-like images.
+API prompt, runs it and copies the saved image(s) to --out. Without --ckpt it runs demo_move: the pack's own demo
+model (trained by tools/train_demo.py) moves a disc on a generated scene, about a minute on a CPU. With --ckpt it
+runs `move` (or --workflow) with every CheckpointLoaderSimple loading that SD-1.5 checkpoint.
 """
 import argparse
 import pathlib
@@ -22,16 +22,18 @@ EXAMPLES = REPO / "example_workflows"
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--ckpt", type=pathlib.Path, help="an SD-1.5 checkpoint (.safetensors); default: the test model")
-    ap.add_argument("--workflow", default="move" if (EXAMPLES / "move.json").exists() else "reconstruct",
-                    help="example_workflows/<name>.json to run")
+    ap.add_argument("--ckpt", type=pathlib.Path, help="an SD-1.5 checkpoint (.safetensors); default: the demo model")
+    ap.add_argument("--workflow", help="example_workflows/<name>.json to run (default: demo_move, with --ckpt move)")
     ap.add_argument("--out", type=pathlib.Path, default=REPO / "demo_output")
     args = ap.parse_args()
+    args.workflow = args.workflow or ("move" if args.ckpt else "demo_move")
     path = EXAMPLES / f"{args.workflow}.json"
     if not path.exists():
         sys.exit(f"no workflow {path}; choose one of {sorted(p.stem for p in EXAMPLES.glob('*.json'))}")
     if args.ckpt and not args.ckpt.is_file():
         sys.exit(f"--ckpt {args.ckpt} is not a file")
+    if args.ckpt and "CheckpointLoaderSimple" not in path.read_text():
+        sys.exit(f"--ckpt: {args.workflow} loads no checkpoint (it runs the demo model); choose another --workflow")
     base = make_base_dir(extra_checkpoints=[args.ckpt.resolve()] if args.ckpt else ())
     start = time.time()
     with ComfyServer(base_dir=base) as server:

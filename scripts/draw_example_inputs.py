@@ -1,13 +1,18 @@
-"""Draw example_workflows/inputs/dragedit_scene_b.png, the second image of the two-image examples (appearance,
-paste): a green ball on a table, 256x256 like dragedit_scene.png, in flat colours so Image Color To Mask finds it.
+"""Draw example inputs: dragedit_scene_b.png, the second image of the two-image examples (appearance, paste): a
+green ball on a table, 256x256 like dragedit_scene.png, in flat colours so Image Color To Mask finds it; and the
+demo model's scene, a generated 128x128 move case (tools/scenes.py) with its object's mask as a second PNG.
 
     .dev/venv/bin/python -m scripts.draw_example_inputs
 """
 from PIL import Image, ImageDraw
 
 from tests.support.pack import REPO
+from tools import scenes
 
-OUT = REPO / "example_workflows" / "inputs" / "dragedit_scene_b.png"
+INPUTS = REPO / "example_workflows" / "inputs"
+OUT = INPUTS / "dragedit_scene_b.png"
+DEMO_SCENE, DEMO_MASK = "dragedit_demo_scene.png", "dragedit_demo_mask.png"
+DEMO_CASE_SEED = 5   # tools.scenes.drag_case(5, "move"): a dark disc on a noisy magenta ground, moved 30 px right
 SIZE = 256
 FLOOR_Y = 190
 BALL_CENTRE, BALL_RADIUS = (170, 120), 34
@@ -26,6 +31,14 @@ def draw() -> Image.Image:
     return image
 
 
+def demo_case() -> scenes.DragCase:
+    return scenes.drag_case(DEMO_CASE_SEED, "move")
+
+
 if __name__ == "__main__":
     draw().save(OUT)
-    print(f"wrote {OUT.relative_to(REPO)}")
+    case = demo_case()
+    Image.fromarray(case.image).save(INPUTS / DEMO_SCENE)
+    Image.fromarray((case.mask * 255).round().astype("uint8")).save(INPUTS / DEMO_MASK)
+    for name in (OUT.name, DEMO_SCENE, DEMO_MASK):
+        print(f"wrote {(INPUTS / name).relative_to(REPO)}")

@@ -451,6 +451,43 @@ def case_sheet(seed: int, size: int = 128, per_mode: int = 2) -> Image.Image:
     return _grid(tiles, 2)
 
 
+def _placement_gain(output: np.ndarray, plate: np.ndarray, template: np.ndarray, alpha: np.ndarray, top: int,
+                    left: int) -> float:
+    """How much the squared error against `output` changes when the object (template, coverage alpha) is placed at
+    (top, left) on the object-free plate: negative where it explains the output; inf where it leaves the image."""
+    h, w = alpha.shape
+    if top < 0 or left < 0 or top + h > output.shape[0] or left + w > output.shape[1]:
+        return math.inf
+    seen, empty = output[top:top + h, left:left + w], plate[top:top + h, left:left + w]
+    placed = empty + alpha[..., None] * (template - empty)
+    return float(((seen - placed) ** 2 - (seen - empty) ** 2).sum())
+
+
+def locate_object(case: "DragCase", output: np.ndarray, shift_range: int = 40,
+                  scales=(1.0,)) -> tuple[Point, float]:
+    """(centroid, scale) of the case's input object where placing it on the scene without it best explains
+    `output`, searching shifts of up to shift_range px and the given scales about the object's centre. Comparing
+    against the object-free plate (not the template alone) keeps a blurred object from fitting a smaller one."""
+    rows, cols = np.nonzero(case.mask > 0.5)
+    top, left, bottom, right = rows.min(), cols.min(), rows.max() + 1, cols.max() + 1
+    others = tuple(o for k, o in enumerate(case.scene.objects) if k != case.index)
+    plate = render(Scene(case.scene.size, case.scene.background, others))[0].astype(np.float32)
+    out = output.astype(np.float32)
+    cx, cy = centroid(case.mask)
+    best = (math.inf, (cx, cy), 1.0)
+    for scale in scales:
+        h, w = max(2, round((bottom - top) * scale)), max(2, round((right - left) * scale))
+        template = np.asarray(Image.fromarray(case.image[top:bottom, left:right]).resize((w, h)), np.float32)
+        alpha = np.asarray(Image.fromarray(case.mask[top:bottom, left:right]).resize((w, h)), np.float32)
+        base_top, base_left = cy - (cy - top) * scale, cx - (cx - left) * scale  # centroid on the input's
+        for dy in range(-shift_range, shift_range + 1):
+            for dx in range(-shift_range, shift_range + 1):
+                gain = _placement_gain(out, plate, template, alpha, round(base_top + dy), round(base_left + dx))
+                if gain < best[0]:
+                    best = (gain, (cx + dx, cy + dy), float(scale))
+    return best[1], best[2]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m tools.scenes",
                                      description="Write PNG grids of procedural scenes, to look at the data.")

@@ -1,7 +1,9 @@
 """A real ComfyUI server (main.py --cpu on loopback) loads the pack and runs every example workflow."""
+import math
 import re
 import shutil
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -92,3 +94,18 @@ def test_interrupt_stops_a_long_inversion_cleanly(comfy_server):
         comfy_server.wait(prompt_id, timeout=120)
     assert time.time() - started < 30
     assert comfy_server.get("/object_info/DragEditDDIMInversion")
+
+
+def test_demo_move_puts_the_disc_at_its_target(comfy_server):
+    """The main job's edit is real: on the demo model the disc leaves its place and lands near the arrow's target
+    (found by fitting the input's disc into the output; tools/scenes.py)."""
+    from scripts.draw_example_inputs import demo_case
+    from tools import scenes
+
+    files = run_example(comfy_server, REPO / "example_workflows" / "demo_move.json")
+    with Image.open(next(f for f in files if "output" in f.parts)) as im:
+        output = np.asarray(im.convert("RGB"))
+    case = demo_case()
+    found, _ = scenes.locate_object(case, output)
+    assert math.dist(found, scenes.centroid(case.expected_mask)) < 8, found
+    assert math.dist(found, scenes.centroid(case.mask)) > 20, found

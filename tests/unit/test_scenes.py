@@ -251,3 +251,21 @@ def test_the_cli_writes_both_grids(tmp_path, capsys):
     assert Image.open(tmp_path / "grid.png").size == (4 * 32 + 3 * 2, 2 * 32 + 2)
     assert Image.open(tmp_path / "cases.png").size == (2 * 32 + 2, 6 * 32 + 5 * 2)
     assert "wrote" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------------------- locating objects
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_locate_object_finds_the_ground_truth_place_and_the_input_place(seed):
+    case = S.drag_case(seed, "move")
+    found, scale = S.locate_object(case, case.expected)
+    assert math.dist(found, S.centroid(case.expected_mask)) < 1.0 and scale == 1.0
+    found, _ = S.locate_object(case, case.image)
+    assert math.dist(found, S.centroid(case.mask)) < 1.0
+
+
+def test_locate_object_measures_a_resize_and_survives_blur():
+    case = S.drag_case(1, "resize")
+    blurred = np.asarray(Image.fromarray(case.expected).resize((32, 32)).resize((128, 128), Image.BILINEAR))
+    _, scale = S.locate_object(case, blurred, shift_range=4, scales=np.arange(0.5, 1.61, 0.05))
+    assert abs(scale - case.scale) <= 0.1, (scale, case.scale)
