@@ -86,14 +86,19 @@ class Editor:
                         steps=self.steps, strength=strength, layers=layers, bank_device="offload (CPU)").result[0]
 
     def dragon(self, case, latent, baseline=False) -> dict:
-        from comfyui_dragedit.kernels.features import DRAGON_TAP
+        """DragonDiffusion's edit of the case; baseline: zero energy, no bank attention, no SDE (a plain DDIM
+        reconstruction from the inverted latent)."""
         from comfyui_dragedit.kernels.points import DragPoints
 
         bank = self.invert(latent, 1.0)
+        if baseline:  # zero energy: the mask only has to be valid
+            h, w = latent["samples"].shape[-2] * 8, latent["samples"].shape[-1] * 8
+            box = torch.zeros(1, h, w)
+            box[:, h // 4:h // 2, w // 4:w // 2] = 1.0
+            node, geometry = self.nodes["move"], dict(mask=box, energy_scale=0.0)
+            return self._sample(bank, node, geometry, self.model)
         mask = torch.from_numpy(case.mask)[None]
-        if baseline:
-            node, geometry = self.nodes["move"], dict(mask=mask, energy_scale=0.0)
-        elif case.mode == "move":
+        if case.mode == "move":
             node, geometry = self.nodes["move"], dict(mask=mask, offset_x=round(case.offset[0]),
                                                       offset_y=round(case.offset[1]))
         elif case.mode == "resize":
@@ -102,12 +107,16 @@ class Editor:
             size = case.image.shape[0]
             node, geometry = self.nodes["drag"], dict(points=DragPoints((case.handle + case.target,), (size, size)),
                                                       mask=_editable_region(case))
-        guidance = run_node(node, **{**_defaults(node), **geometry}).result[0]
-        start = round(5 * self.steps / 50)
-        model = self.model if baseline else run_node(
-            self.nodes["vca"], model=self.model, memory_bank=bank, mode="concat" if case.mode == "drag" else "replace",
-            start_step=start, end_step=1000).result[0]
-        settings = {**_defaults(self.nodes["sampler"]), **(dict(sde_strength=0.0) if baseline else {})}
+        model = run_node(self.nodes["vca"], model=self.model, memory_bank=bank,
+                         mode="concat" if case.mode == "drag" else "replace", start_step=round(5 * self.steps / 50),
+                         end_step=1000).result[0]
+        return self._sample(bank, node, geometry, model, sde_strength=_defaults(self.nodes["sampler"])["sde_strength"])
+
+    def _sample(self, bank, guidance_node, geometry, model, sde_strength=0.0) -> dict:
+        from comfyui_dragedit.kernels.features import DRAGON_TAP
+
+        guidance = run_node(guidance_node, **{**_defaults(guidance_node), **geometry}).result[0]
+        settings = {**_defaults(self.nodes["sampler"]), "sde_strength": sde_strength}
         return run_node(self.nodes["sampler"], model=model, memory_bank=bank, guidance=guidance, features=DRAGON_TAP,
                         positive=self.cond, negative=self.cond, **settings).result[0]
 
@@ -169,6 +178,18 @@ def measure(case, output: np.ndarray, f_in: torch.Tensor, f_out: torch.Tensor) -
                 md=math.dist(point, case.target))
 
 
+def reconstruction_psnr(editor, count: int) -> tuple[float, float]:
+    """Mean PSNR (dB) over `count` held-out scenes of inversion + reconstruction (the baseline's path), and of the
+    autoencoder alone, which bounds it."""
+    def psnr(a, b):
+        return 10 * math.log10(255.0 ** 2 / np.mean((a.astype(np.float64) - b) ** 2))
+
+    images = scenes.training_images(777, count)
+    inverted = [psnr(editor.decode(editor.dragon(None, editor.encode(x), baseline=True)), x) for x in images]
+    autoencoded = [psnr(editor.decode(editor.encode(x)), x) for x in images]
+    return float(np.mean(inverted)), float(np.mean(autoencoded))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", type=int, default=4, help="cases per mode")
@@ -178,6 +199,9 @@ def main():
     args = ap.parse_args()
     comfy_inproc.import_comfy()
     editor = Editor(args.steps)
+    inverted, autoencoded = reconstruction_psnr(editor, args.cases)
+    print(f"Held-out scenes ({args.cases}): DDIM inversion + reconstruction {inverted:.2f} dB PSNR, the autoencoder "
+          f"alone {autoencoded:.2f} dB")
     print(f"Drag accuracy on the demo model, {args.cases} cases per mode at 128x128, {args.steps} DDIM steps")
     print(f"{'mode':8}{'method':17}{'centroid px':>12}{'scale':>14}{'unchanged':>11}{'MD px':>8}")
     sheet = {}
