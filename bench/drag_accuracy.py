@@ -20,6 +20,7 @@ import math
 import numpy as np
 import torch
 
+from bench.support import widget_defaults
 from tests.support import comfy_inproc
 from tests.support.comfy_inproc import run_node
 from tests.support.pack import load_pack
@@ -32,17 +33,13 @@ MD_TIMESTEP = 261
 
 def _nodes():
     load_pack()
-    from comfyui_dragedit.nodes import aldd, cross_attention, demo_model, energy_guidance, guided_sampler, host, inversion
-    return dict(host=host, demo_model_file=demo_model.DEMO_MODEL_FILE, inversion=inversion.DragEditDDIMInversion, vca=cross_attention.DragEditVisualCrossAttention,
+    from comfyui_dragedit.nodes import (aldd, cross_attention, demo_model, energy_guidance, guided_sampler, host,
+                                        inversion)
+    return dict(host=host, demo_model_file=demo_model.DEMO_MODEL_FILE, inversion=inversion.DragEditDDIMInversion,
+                vca=cross_attention.DragEditVisualCrossAttention,
                 sampler=guided_sampler.DragEditGuidedSampler, aldd=aldd.DragEditAlDDScheduler,
                 move=energy_guidance.DragEditEnergyGuidanceMove, resize=energy_guidance.DragEditEnergyGuidanceResize,
                 drag=energy_guidance.DragEditEnergyGuidanceDrag)
-
-
-def _defaults(node) -> dict:
-    info = node.GET_NODE_INFO_V1()["input"]
-    specs = {**info["required"], **info.get("optional", {})}
-    return {name: spec[1]["default"] for name, spec in specs.items() if len(spec) > 1 and "default" in spec[1]}
 
 
 def _dilate(mask: np.ndarray, px: int) -> np.ndarray:
@@ -110,13 +107,14 @@ class Editor:
         model = run_node(self.nodes["vca"], model=self.model, memory_bank=bank,
                          mode="concat" if case.mode == "drag" else "replace", start_step=round(5 * self.steps / 50),
                          end_step=1000).result[0]
-        return self._sample(bank, node, geometry, model, sde_strength=_defaults(self.nodes["sampler"])["sde_strength"])
+        sde_strength = widget_defaults(self.nodes["sampler"])["sde_strength"]
+        return self._sample(bank, node, geometry, model, sde_strength=sde_strength)
 
     def _sample(self, bank, guidance_node, geometry, model, sde_strength=0.0) -> dict:
         from comfyui_dragedit.kernels.features import DRAGON_TAP
 
-        guidance = run_node(guidance_node, **{**_defaults(guidance_node), **geometry}).result[0]
-        settings = {**_defaults(self.nodes["sampler"]), "sde_strength": sde_strength}
+        guidance = run_node(guidance_node, **{**widget_defaults(guidance_node), **geometry}).result[0]
+        settings = {**widget_defaults(self.nodes["sampler"]), "sde_strength": sde_strength}
         return run_node(self.nodes["sampler"], model=model, memory_bank=bank, guidance=guidance, features=DRAGON_TAP,
                         positive=self.cond, negative=self.cond, **settings).result[0]
 
@@ -130,7 +128,7 @@ class Editor:
         points = DragPoints((case.handle + case.target,), (size, size))
         return run_node(self.nodes["aldd"], model=self.model, memory_bank=bank, positive=self.cond, points=points,
                         features=GOODDRAG_TAP, mask=_editable_region(case),
-                        **_defaults(self.nodes["aldd"])).result[0]
+                        **widget_defaults(self.nodes["aldd"])).result[0]
 
     def edit(self, case, method) -> np.ndarray:
         latent = self.encode(case.image)

@@ -14,7 +14,7 @@ import os
 
 import torch
 
-from bench.support import PassCounter, encode, load_model, timed
+from bench.support import PassCounter, encode, load_model, timed, widget_defaults
 from tests.support import comfy_inproc
 from tests.support.comfy_inproc import run_node
 from tests.support.pack import load_pack
@@ -71,12 +71,6 @@ def _box(rows, cols, size):
     return mask
 
 
-def _defaults(node) -> dict:
-    info = node.GET_NODE_INFO_V1()["input"]
-    specs = {**info["required"], **info.get("optional", {})}
-    return {name: spec[1]["default"] for name, spec in specs.items() if "default" in spec[1]}
-
-
 def _guidance(nodes, mode: str, size: int):
     """(guidance, Visual Cross-Attention mode and masks) of a typical edit of each mode on a size² image."""
     s = size // 64
@@ -90,7 +84,7 @@ def _guidance(nodes, mode: str, size: int):
                      mask=_box((4 * s, 60 * s), (4 * s, 60 * s), size)),
     }[mode]
     node = nodes[mode]
-    out = run_node(node, **{**_defaults(node), **geometry}).result
+    out = run_node(node, **{**widget_defaults(node), **geometry}).result
     if mode == "appearance":
         return out[0], "masked", dict(mask_base=obj, mask_replace=other)
     if mode == "paste":
@@ -107,7 +101,7 @@ def _edit(nodes, model, banks, mode, schedule, cond, uncond, size, steps):
                        end_step=end, **second, **vca_masks).result[0]
     return run_node(nodes["sampler"], model=patched, memory_bank=banks[0], guidance=guidance,
                     features=features.DRAGON_TAP, positive=cond, negative=uncond,
-                    **{**_defaults(nodes["sampler"]), "schedule": schedule}, **second).result[0]
+                    **{**widget_defaults(nodes["sampler"]), "schedule": schedule}, **second).result[0]
 
 
 def _invert(nodes, model, cond, size, steps, seed):

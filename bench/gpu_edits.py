@@ -51,8 +51,8 @@ def dragon_rows(model, size):
     rows = [("DragonDiffusion inversion + bank", invert_s, invert_peak, 50)]
     for schedule in ("D+", "D"):
         counter.calls = 0
-        edit = lambda: dragon._edit(nodes, counted, (bank, None), "move", schedule, cond, uncond, size, 50)  # noqa: E731
-        _, seconds, peak = _timed_twice(edit)
+        _, seconds, peak = _timed_twice(
+            lambda: dragon._edit(nodes, counted, (bank, None), "move", schedule, cond, uncond, size, 50))
         rows.append((f"DragonDiffusion move edit ({schedule})", seconds, peak, counter.calls // 2))
     return rows
 

@@ -54,3 +54,10 @@ def timed(fn, *args, **kwargs):
 def encode(clip, text):
     with torch.inference_mode():
         return clip.encode_from_tokens_scheduled(clip.tokenize(text))
+
+
+def widget_defaults(node) -> dict:
+    """A V3 node's widget defaults by input name, as a freshly added node has them."""
+    info = node.GET_NODE_INFO_V1()["input"]
+    specs = {**info["required"], **info.get("optional", {})}
+    return {name: spec[1]["default"] for name, spec in specs.items() if len(spec) > 1 and "default" in spec[1]}

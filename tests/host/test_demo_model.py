@@ -61,13 +61,10 @@ def test_loader_gives_an_sd15_model_the_nodes_accept_and_text_has_no_effect(redu
     assert latent.shape == (1, 4, 16, 16)
     runner = host.UNetRunner(model)
     z = model.model.process_latent_in(latent.float())
-    with torch.inference_mode():
-        eps = [runner.denoise_call(z, 501, host.conditioning_tensor(c, "test", "positive"), runner.transformer_options(),
-                                   [0]) for c in (empty, worded)]
     random_context = [[torch.randn_like(empty[0][0]) * 5, {}]]
     with torch.inference_mode():
-        eps.append(runner.denoise_call(z, 501, host.conditioning_tensor(random_context, "test", "positive"),
-                                       runner.transformer_options(), [0]))
+        eps = [runner.denoise_call(z, 501, host.conditioning_tensor(c, "test", "positive"),
+                                   runner.transformer_options(), [0]) for c in (empty, worded, random_context)]
     assert torch.isfinite(eps[0]).all() and eps[0].abs().mean() > 0.05
     assert torch.equal(eps[0], eps[1]) and torch.equal(eps[0], eps[2])
 
