@@ -24,7 +24,7 @@ from bench.support import widget_defaults
 from tests.support import comfy_inproc
 from tests.support.comfy_inproc import run_node
 from tests.support.pack import load_pack
-from tools import scenes
+from tools import scenes, train_demo
 
 MODES = ("move", "resize", "drag")
 METHODS = ("baseline", "DragonDiffusion", "GoodDrag")
@@ -42,21 +42,16 @@ def _nodes():
                 drag=energy_guidance.DragEditEnergyGuidanceDrag)
 
 
-def _dilate(mask: np.ndarray, px: int) -> np.ndarray:
-    out = mask > 0.5
-    for _ in range(px):
-        grown = out.copy()
-        grown[1:] |= out[:-1]
-        grown[:-1] |= out[1:]
-        grown[:, 1:] |= out[:, :-1]
-        grown[:, :-1] |= out[:, 1:]
-        out = grown
-    return out
+def _around_object(case, margin: int) -> torch.Tensor:
+    """The object's old and new place grown by margin px (a square), bool [H, W]."""
+    from comfyui_dragedit.kernels.masks import dilate
+
+    return dilate(torch.from_numpy(np.maximum(case.mask, case.expected_mask)), margin)
 
 
 def _editable_region(case) -> torch.Tensor:
     """The region the edit may change: the object's old and new place, 8 px margin, as a [1, H, W] MASK."""
-    return torch.from_numpy(_dilate(np.maximum(case.mask, case.expected_mask), 8).astype(np.float32))[None]
+    return _around_object(case, 8).float()[None]
 
 
 class Editor:
@@ -156,9 +151,11 @@ class Editor:
 
 def matched_point(f_in: torch.Tensor, f_out: torch.Tensor, handle, image_size: int) -> tuple[float, float]:
     """Where the handle's input feature is nearest in the output (image px): DragBench's MD point."""
+    from comfyui_dragedit.kernels.motion import sample_patch
+
     stride = image_size / f_in.shape[-1]
-    grid = (torch.tensor([[[handle]]], dtype=torch.float32) + 0.5) / image_size * 2 - 1
-    ref = torch.nn.functional.grid_sample(f_in[None], grid, mode="bilinear", align_corners=False)[0, :, 0, 0]
+    x, y = ((v + 0.5) / stride - 0.5 for v in handle)  # image px -> feature-map px (pixel centres)
+    ref = sample_patch(f_in[None], torch.tensor([[y, x]]), 0)[0, :, 0, 0]
     row, col = divmod(int((f_out - ref[:, None, None]).pow(2).sum(0).argmin()), f_out.shape[-1])
     return ((col + 0.5) * stride - 0.5, (row + 0.5) * stride - 0.5)
 
@@ -169,7 +166,7 @@ def measure(case, output: np.ndarray, f_in: torch.Tensor, f_out: torch.Tensor) -
         centroid, scale = scenes.locate_object(case, output, shift_range=6, scales=np.arange(0.5, 1.61, 0.05))
     else:
         centroid, scale = scenes.locate_object(case, output)
-    outside = ~_dilate(np.maximum(case.mask, case.expected_mask), 4)
+    outside = ~_around_object(case, 4).numpy()
     unchanged = np.abs(output.astype(np.int16) - case.image.astype(np.int16))[outside].mean()
     point = matched_point(f_in, f_out, case.handle, case.image.shape[1])
     return dict(centroid=math.dist(centroid, target), scale=scale, unchanged=float(unchanged),
@@ -180,7 +177,7 @@ def reconstruction_psnr(editor, count: int) -> tuple[float, float]:
     """Mean PSNR (dB) over `count` held-out scenes of inversion + reconstruction (the baseline's path), and of the
     autoencoder alone, which bounds it."""
     def psnr(a, b):
-        return 10 * math.log10(255.0 ** 2 / np.mean((a.astype(np.float64) - b) ** 2))
+        return train_demo.psnr(torch.from_numpy(a) / 255.0, torch.from_numpy(b) / 255.0)
 
     images = scenes.training_images(777, count)
     inverted = [psnr(editor.decode(editor.dragon(None, editor.encode(x), baseline=True)), x) for x in images]

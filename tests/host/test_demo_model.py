@@ -2,7 +2,6 @@
 the pack's nodes accept, unconditional), and the shipped weights (the quality the file claims, inversion and
 reconstruction of held-out scenes through the pack's nodes)."""
 import json
-import math
 
 import pytest
 import safetensors
@@ -79,16 +78,12 @@ def shipped(comfy_nodes):
     return host.load_demo_model(demo_model.DEMO_MODEL_FILE), report
 
 
-def _psnr(a, b):
-    return 10 * math.log10(1.0 / (a.clamp(0, 1) - b.clamp(0, 1)).pow(2).mean().item())
-
-
 def test_shipped_autoencoder_has_the_quality_its_file_claims(shipped):
     (_, _, vae), report = shipped
     images = _held_out()
     with torch.inference_mode():
         decoded = vae.decode(vae.encode(images))
-    assert _psnr(decoded, images) >= report["autoencoder_psnr_db"] - SHIPPED_PSNR_TOLERANCE_DB, report
+    assert train_demo.psnr(decoded, images) >= report["autoencoder_psnr_db"] - SHIPPED_PSNR_TOLERANCE_DB, report
 
 
 def test_shipped_model_inverts_and_reconstructs_held_out_scenes(shipped):
@@ -118,6 +113,6 @@ def test_shipped_model_inverts_and_reconstructs_held_out_scenes(shipped):
                        sde_strength=0.0).result[0]
         with torch.inference_mode():
             decoded = vae.decode(out["samples"])
-        scores.append((_psnr(decoded, image[None]), _psnr(roundtrip, image[None])))
+        scores.append((train_demo.psnr(decoded, image[None]), train_demo.psnr(roundtrip, image[None])))
     for reconstructed, autoencoder in scores:
         assert reconstructed >= autoencoder - 3.0, scores
