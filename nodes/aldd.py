@@ -9,7 +9,7 @@ from ..kernels.points import DragPoints
 from . import host, types
 from .errors import DragEditInputError
 
-NAME = "AlDD Drag Scheduler"
+NAME = "GoodDrag AlDD Drag Scheduler"
 PRESETS = {"gooddrag": aldd.GOODDRAG, "dragdiffusion": aldd.DRAGDIFFUSION}
 CUSTOM = "custom"
 DEFAULTS = aldd.GOODDRAG.settings

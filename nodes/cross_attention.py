@@ -5,7 +5,7 @@ from ..kernels import bank_attention
 from . import host, types
 from .errors import DragEditInputError
 
-NAME = "Visual Cross-Attention"
+NAME = "DragonDiffusion Visual Cross-Attention"
 MODES = ("replace", "concat", "masked")
 
 

@@ -37,7 +37,7 @@ INPUT_NAMES = {"offset": "offset_x, offset_y", "handles": "points", "targets": "
 
 
 def _title(mode: str) -> str:
-    return f"Energy Guidance ({mode})"
+    return f"DragonDiffusion Energy Guidance ({mode})"
 
 
 def _weight_inputs(mode: str, names, tips=None) -> list:

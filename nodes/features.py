@@ -6,7 +6,7 @@ from ..kernels import features
 from . import host, types
 from .errors import DragEditInputError
 
-NAME = "Feature Extractor"
+NAME = "Drag Feature Extractor (DragonDiffusion, GoodDrag)"
 PRESETS = {
     "DragonDiffusion (output 5 + 8, nearest, H/4)": features.DRAGON_TAP,
     "GoodDrag / DragDiffusion (output 8, bilinear, H/2)": features.GOODDRAG_TAP,

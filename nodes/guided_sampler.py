@@ -10,7 +10,7 @@ from ..kernels.guidance import DragonPolicy
 from . import host, types
 from .errors import DragEditInputError
 
-NAME = "Guided Sampler"
+NAME = "DragonDiffusion / DiffEditor Guided Sampler"
 SCHEDULES = ("D+", "D")
 TWO_IMAGE_MODES = ("appearance", "paste")
 

@@ -6,7 +6,7 @@ from ..kernels.memory_bank import Z0, BankRecorder
 from . import host, types
 from .errors import DragEditInputError
 
-NAME = "DDIM Inversion (Memory Bank)"
+NAME = "DDIM Inversion + Memory Bank (DragonDiffusion, GoodDrag)"
 LAYER_PRESETS = ("decoder self-attention", "none")
 BANK_DEVICES = ("offload (CPU)", "compute device (GPU)")
 

@@ -4,7 +4,7 @@ from comfy_api.latest import io
 from ..kernels import motion
 from . import types
 
-NAME = "Motion Supervision"
+NAME = "GoodDrag Motion Supervision"
 EMPTY_MASK = {
     "no region (no latent term)": False,
     "freeze all (GoodDrag code)": True,

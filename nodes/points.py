@@ -11,7 +11,7 @@ from ..kernels import points as kpoints
 from . import types
 from .errors import DragEditInputError
 
-NAME = "Drag Points"
+NAME = "Drag Points Editor"
 INPUT = "points_json"
 BACKGROUND_KEY = "dragedit_background"
 FIX = ('Edit the points on the canvas (Clear starts over), or write {"version":1,"image_size":[W,H],'

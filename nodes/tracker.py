@@ -6,7 +6,7 @@ from ..kernels import aldd, preview, tracker
 from . import types
 from .errors import DragEditInputError
 
-NAME = "Point Tracker"
+NAME = "GoodDrag Point Tracker"
 
 
 class DragEditPointTracker(io.ComfyNode):

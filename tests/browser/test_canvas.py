@@ -300,7 +300,7 @@ def test_malformed_json_shows_a_message_and_is_refused_at_queue_time(editor, com
     response = answered.value
     assert response.status == 400
     errors = response.json()["node_errors"][str(POINTS)]["errors"]
-    assert any("DragEdit Drag Points: input 'points_json' is not valid JSON" in e["details"] for e in errors), errors
+    assert any("DragEdit Drag Points Editor: input 'points_json' is not valid JSON" in e["details"] for e in errors), errors
     page.keyboard.press("Escape")
 
     page.locator(".dragedit-points-bar button", has_text="Clear").first.click()

@@ -36,5 +36,5 @@ def test_node_search_finds_the_pack_nodes(page):
         found = page.get_by_role("option").all_inner_texts()
         time.sleep(0.3)
     page.screenshot(path=str(artifact("node_search.png")))
-    assert any("DDIM Inversion (Memory Bank)" in text for text in found), found
+    assert any("DDIM Inversion + Memory Bank" in text for text in found), found
     assert any("Visual Cross-Attention" in text for text in found), found

@@ -306,7 +306,7 @@ def test_an_offset_that_moves_the_object_wholly_out_is_refused(nodes_, mode):
 def test_a_scale_that_is_not_positive_is_refused(nodes_, mode, scale):
     node = getattr(nodes_, mode)
     message = rf"Energy Guidance \({mode}\): input 'scale' "
-    assert node.validate_inputs(scale=scale).startswith(f"DragEdit Energy Guidance ({mode}): input 'scale' is")
+    assert node.validate_inputs(scale=scale).startswith(f"DragEdit DragonDiffusion Energy Guidance ({mode}): input 'scale' is")
     assert node.validate_inputs(scale=None) is True and node.validate_inputs(scale=0.5) is True
     with pytest.raises(DragEditInputError, match=message + "must be a finite number > 0"):
         guidance_of(nodes_, mode, scale=scale)

@@ -164,7 +164,7 @@ def test_point_tracker_node_and_its_search_window_preview(nodes_):
     assert shown.shape == image.shape and not torch.equal(shown, image)
     _, wide = run_node(nodes_.tracker, r2=6, clamp=False, image=image, points=pts).result
     assert not torch.equal(wide, shown), "the window grows with r2"
-    with pytest.raises(DragEditInputError, match=r"^DragEdit Point Tracker: input 'image' is 64x48 but the points"):
+    with pytest.raises(DragEditInputError, match=r"^DragEdit GoodDrag Point Tracker: input 'image' is 64x48 but the points"):
         run_node(nodes_.tracker, r2=3, clamp=True, image=image, points=points((1.0, 2.0, 3.0, 4.0)))
 
 
@@ -179,24 +179,24 @@ def _error(fn):
 def test_a_bank_from_another_model_is_refused(nodes_, sd15, bank, cond):
     other = dataclasses.replace(bank, fingerprint="0123456789abcdef")
     err = _error(lambda: schedule(nodes_, sd15[0], other, cond, points((1.0, 2.0, 30.0, 4.0))))
-    assert str(err).startswith("DragEdit AlDD Drag Scheduler: input 'memory_bank' the memory bank was made with")
+    assert str(err).startswith("DragEdit GoodDrag AlDD Drag Scheduler: input 'memory_bank' the memory bank was made with")
 
 
 def test_points_of_an_image_of_another_size_are_refused(nodes_, sd15, bank, cond):
     err = _error(lambda: schedule(nodes_, sd15[0], bank, cond, points((1.0, 2.0, 30.0, 4.0), size=(64, 32))))
-    assert str(err).startswith("DragEdit AlDD Drag Scheduler: input 'points' were drawn on a 64x32 image but the "
+    assert str(err).startswith("DragEdit GoodDrag AlDD Drag Scheduler: input 'points' were drawn on a 64x32 image but the "
                                "memory bank holds the latent of a 64x64 image")
 
 
 def test_a_preview_image_of_another_size_is_refused(nodes_, sd15, bank, cond):
     err = _error(lambda: schedule(nodes_, sd15[0], bank, cond, points((1.0, 2.0, 30.0, 4.0)),
                                   image=torch.zeros(1, 32, 32, 3)))
-    assert (err.node, err.input_name) == ("AlDD Drag Scheduler", "image")
+    assert (err.node, err.input_name) == ("GoodDrag AlDD Drag Scheduler", "image")
 
 
 def test_more_drag_timesteps_than_inverted_steps_are_refused(nodes_, sd15, bank, cond):
     err = _error(lambda: schedule(nodes_, sd15[0], bank, cond, points((1.0, 2.0, 30.0, 4.0)), drag_steps=9))
-    assert str(err).startswith("DragEdit AlDD Drag Scheduler: input 'drag_steps' is 9 but the memory bank holds "
+    assert str(err).startswith("DragEdit GoodDrag AlDD Drag Scheduler: input 'drag_steps' is 9 but the memory bank holds "
                                "only 8 inverted steps")
     short = dataclasses.replace(bank, timesteps=bank.timesteps[-5:])
     err = _error(lambda: schedule(nodes_, sd15[0], short, cond, points((1.0, 2.0, 30.0, 4.0)), preset="gooddrag"))
@@ -207,7 +207,7 @@ def test_more_drag_timesteps_than_inverted_steps_are_refused(nodes_, sd15, bank,
 @pytest.mark.parametrize("lr", [0.0, -0.01])
 def test_a_learning_rate_that_is_not_positive_is_refused(nodes_, sd15, bank, cond, lr):
     err = _error(lambda: schedule(nodes_, sd15[0], bank, cond, points((1.0, 2.0, 30.0, 4.0)), lr=lr))
-    assert str(err).startswith(f"DragEdit AlDD Drag Scheduler: input 'lr' must be > 0, got {lr}")
+    assert str(err).startswith(f"DragEdit GoodDrag AlDD Drag Scheduler: input 'lr' must be > 0, got {lr}")
 
 
 @pytest.mark.parametrize("points_json, seen", [
@@ -219,4 +219,4 @@ def test_a_learning_rate_that_is_not_positive_is_refused(nodes_, sd15, bank, con
 def test_bad_points_are_refused_by_the_node_that_reads_them(nodes_, points_json, seen):
     """Odd counts, a handle without its target and points outside the image never reach the scheduler."""
     err = _error(lambda: run_node(nodes_.points, image=torch.zeros(1, 64, 64, 3), points_json=points_json))
-    assert str(err).startswith(f"DragEdit Drag Points: input 'points_json' {seen}")
+    assert str(err).startswith(f"DragEdit Drag Points Editor: input 'points_json' {seen}")

@@ -33,7 +33,7 @@ def points_json(pairs, size=(W, H)):
 
 def test_schema_is_documented_everywhere(node):
     info = node.GET_NODE_INFO_V1()
-    assert info["name"] == "DragEditPoints" and info["display_name"] == "Drag Points"
+    assert info["name"] == "DragEditPoints" and info["display_name"] == "Drag Points Editor"
     assert info["category"] == "DragEdit" and info["description"] and info["output_node"]
     specs = {**info["input"]["required"], **info["input"]["optional"]}
     assert set(specs) == {"image", "points_json", "mask"}
@@ -94,14 +94,14 @@ def test_api_list_is_accepted(node):
 def test_no_pairs_shows_the_image_and_blocks_consumers_with_the_fix(node):
     out = run_node(node, image=image(), points_json='{"version":1,"image_size":[0,0],"pairs":[]}')
     assert "dragedit_background" in out.ui
-    assert out.block_execution.startswith("DragEdit Drag Points: input 'points_json' has no handle -> target pair.")
+    assert out.block_execution.startswith("DragEdit Drag Points Editor: input 'points_json' has no handle -> target pair.")
     assert "Click a handle" in out.block_execution
 
 
 def test_point_outside_the_image_is_a_dragedit_error(node, errors):
     with pytest.raises(errors) as err:
         run_node(node, image=image(), points_json="[[5, 6], [64, 8]]")
-    assert str(err.value).startswith("DragEdit Drag Points: input 'points_json' target (64, 8) of pair 1 is "
+    assert str(err.value).startswith("DragEdit Drag Points Editor: input 'points_json' target (64, 8) of pair 1 is "
                                      "outside the 64x48 image")
     assert isinstance(err.value, ValueError) and "canvas" in err.value.fix
 
@@ -115,5 +115,5 @@ def test_validate_inputs_reports_malformed_json_at_queue_time(node):
     assert node.validate_inputs(points_json='{"version":1,"image_size":[0,0],"pairs":[]}') is True
     assert node.validate_inputs(points_json=None) is True
     message = node.validate_inputs(points_json='{"pairs": [[1, 2, 3')
-    assert message.startswith("DragEdit Drag Points: input 'points_json' is not valid JSON")
+    assert message.startswith("DragEdit Drag Points Editor: input 'points_json' is not valid JSON")
     assert "pair 1 has a handle but no target" in node.validate_inputs(points_json=points_json([[1, 2]]))
