@@ -21,7 +21,16 @@ class DragEditDemoModel(io.ComfyNode):
                         "effect), with a tiny autoencoder. For trying every node without a checkpoint; for real "
                         "photos load an SD 1.5 checkpoint instead.",
             inputs=[],
-            outputs=[io.Model.Output("MODEL"), io.Clip.Output("CLIP"), io.Vae.Output("VAE")],
+            outputs=[
+                io.Model.Output("MODEL", tooltip="The demo UNet as an SD 1.x model (unconditional: it ignores the "
+                                                  "text), for DDIM Inversion, the samplers and the drag nodes; its "
+                                                  "live previews use colours fitted on its own autoencoder."),
+                io.Clip.Output("CLIP", tooltip="A placeholder text encoder (all weights zero) that keeps CLIP Text "
+                                                "Encode in the graph; any prompt gives the same result."),
+                io.Vae.Output("VAE", tooltip="The demo model's own TAESD-layout autoencoder (8x down, 4 channels): "
+                                              "encode the 128x128 scene with it and decode the edit with it; an SD "
+                                              "VAE does not fit this model's latents."),
+            ],
         )
 
     @classmethod

@@ -11,6 +11,7 @@ import hashlib
 
 import torch
 
+import comfy.latent_formats
 import comfy.model_management
 import comfy.model_patcher
 import comfy.utils
@@ -305,6 +306,20 @@ def z_to_latent(model, z: torch.Tensor, sigma: float = 0.0) -> dict:
 
 
 DEMO_UNET_CONFIG_KEY = "dragedit.unet_config"  # safetensors metadata written by tools/train_demo.py
+DEMO_LATENT_RGB_KEY = "dragedit.latent_rgb"     # {"factors": 4x3, "bias": 3}, fitted by tools/train_demo.py
+
+
+class DemoLatentFormat(comfy.latent_formats.SD15):
+    """SD-1.5's latent scale (the demo autoencoder's vae_scale/shift are set so that its latents take it) with the
+    latent-to-RGB preview factors and bias fitted on the demo autoencoder, so live previews (the pack's samplers
+    and ComfyUI's KSampler) show its true colours; no TAESD preview decoder, since SD's would misread these
+    latents."""
+
+    def __init__(self, factors, bias):
+        super().__init__()
+        self.latent_rgb_factors = [list(map(float, row)) for row in factors]
+        self.latent_rgb_factors_bias = list(map(float, bias))
+        self.taesd_decoder_name = None
 
 
 def load_demo_model(path):
@@ -315,7 +330,7 @@ def load_demo_model(path):
     check and patch of the pack applies unchanged. The model is unconditional: its cross-attention weights are not
     in the file and are zero here, so the text context has no effect, and the CLIP is SD-1.5's text encoder with
     all weights zero, a placeholder that keeps CLIPTextEncode in the graph. The VAE is a TAESD-layout autoencoder
-    that ComfyUI's VAE class reads as it is.
+    that ComfyUI's VAE class reads as it is; the model's latent format carries preview colours fitted on it.
     """
     import json
 
@@ -327,6 +342,7 @@ def load_demo_model(path):
     model_config = comfy.supported_models.SD15(unet_config)
     model_config.unet_config.update({k: unet_config[k] for k in ("num_heads", "num_head_channels")})
     model_config.set_inference_dtype(torch.float32, None)
+    model_config.latent_format = DemoLatentFormat(**json.loads(metadata[DEMO_LATENT_RGB_KEY]))
     model = model_config.get_model(sd, "model.diffusion_model.", device=comfy.model_management.unet_offload_device())
     sd.update({"model.diffusion_model." + name: torch.zeros_like(value)
                for name, value in model.diffusion_model.state_dict().items() if ".attn2." in name})
