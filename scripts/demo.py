@@ -4,8 +4,9 @@
 
 Starts ComfyUI (CPU) in a fresh base directory with the pack, converts example_workflows/<workflow>.json to an
 API prompt, runs it and copies the saved image(s) to --out. Without --ckpt it runs demo_move: the pack's own demo
-model (trained by tools/train_demo.py) moves a disc on a generated scene, about a minute on a CPU. With --ckpt it
-runs `move` (or --workflow) with every CheckpointLoaderSimple loading that SD-1.5 checkpoint.
+model (trained by tools/train_demo.py) moves a disc on a generated scene, about a minute on a CPU, and prints how
+close the result is to the scene's exact ground truth. With --ckpt it runs `move` (or --workflow) with every
+CheckpointLoaderSimple loading that SD-1.5 checkpoint.
 """
 import argparse
 import pathlib
@@ -50,6 +51,23 @@ def main():
             shutil.copy(f, args.out / f.name)
             print(f"wrote {args.out / f.name}")
     print(f"{args.workflow}: done in {time.time() - start:.0f} s")
+    if args.workflow == "demo_move":
+        print_demo_score(saved[0])
+
+
+def print_demo_score(path):
+    """The demo edit against its scene's exact ground truth (tools/scenes.py), with the accuracy bench's score."""
+    import numpy as np
+    from PIL import Image
+
+    from bench.drag_accuracy import score
+    from scripts.draw_example_inputs import demo_case
+
+    with Image.open(path) as im:
+        result = score(demo_case(), np.asarray(im.convert("RGB")))
+    print(f"against the ground truth: the disc lies {result['centroid']:.1f} px from its target; mean absolute error "
+          f"(0-255) {result['unchanged']:.1f} outside the disc's old and new place, {result['object']:.1f} inside "
+          f"the moved disc")
 
 
 if __name__ == "__main__":
