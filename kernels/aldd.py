@@ -160,16 +160,18 @@ def _feature_map(features) -> torch.Tensor:
 class AlDDPolicy(StepPolicy):
     """The AlDD drag engine for `ddim.denoise`; one instance per run (style.md §4.6.2).
 
-    forward_fn(z [1, 4, h, w], t) -> (eps [1, 4, h, w], list of [1, C_k, sup_h, sup_w]): one UNet forward
-        WITHOUT bank attention, with grad when grad is enabled (docs/CONTRACTS.md). The policy calls it on the
-        edit latent during dragging and on the source latent for the reference trajectory: before each drag
-        chunk at t it computes features[t] = F(z0_t) and orig_next[t] = DDIM(z0_t) from the source branch, so
-        the T2 reference steps cost one forward each and only the current one is held (gooddrag.md §3.1).
+    forward_fn(z [1, 4, h, w], t, need_eps) -> (eps [1, 4, h, w] or None, list of [1, C_k, sup_h, sup_w]): one
+        UNet forward WITHOUT bank attention, with grad when grad is enabled (docs/CONTRACTS.md); without need_eps
+        it may stop after the last tapped block and return eps None. The policy calls it on the edit latent
+        during dragging (eps only for the masked latent term) and on the source latent for the reference
+        trajectory: before each drag chunk at t it computes features[t] = F(z0_t) and orig_next[t] = DDIM(z0_t)
+        from the source branch, so the T2 reference steps cost one forward each and only the current one is held
+        (gooddrag.md §3.1).
     plan: the run's plan (`settings.plan(num_steps)`); drag steps must be consecutive.
     alphas_cumprod: float64 [1000]. handles, targets: float [N, 2] (x, y) image px. image_size: (W, H).
     mask: editable region at image resolution (see `motion.latent_keep`), or None.
     sup_size: (sup_h, sup_w) of the feature maps; default `supervision_size(image_size)`.
-    grad_scaler: a torch.amp.GradScaler when forward_fn runs under fp16 autocast, as both official codes.
+    loss_scaling: scale the loss for backward through an fp16 UNet on CUDA, as both official codes (GradScaler).
     callback(info) after every gradient step: dict(i, t, grad_step, total, drag, handles, loss), where handles
         is long [N, 2] sup (row, col) and loss a 0-d tensor; the host shows progress and checks interruption.
 
@@ -182,7 +184,7 @@ class AlDDPolicy(StepPolicy):
                  image_size: tuple[int, int], *, settings: AlDDSettings = GOODDRAG.settings,
                  motion: MotionSupervision = GOODDRAG.motion, tracker: TrackerSpec = GOODDRAG.tracker,
                  mask: torch.Tensor | None = None, sup_size: tuple[int, int] | None = None,
-                 grad_scaler=None, callback=None):
+                 loss_scaling: bool = False, callback=None):
         width, height = image_size
         if width < 2 or height < 2:
             raise ArgumentError("image_size", f"must be (W, H) with both >= 2, got {image_size!r}")
@@ -203,7 +205,7 @@ class AlDDPolicy(StepPolicy):
         self.image_size = (width, height)
         self.sup_size = tuple(sup_size) if sup_size is not None else supervision_size(image_size)
         self.mask = mask
-        self.grad_scaler = grad_scaler
+        self.grad_scaler = torch.amp.GradScaler("cuda") if loss_scaling else None
         self.callback = callback
         self.origins = to_supervision(handles_xy, image_size, self.sup_size)
         self.handles = self.origins.clone()
@@ -246,7 +248,7 @@ class AlDDPolicy(StepPolicy):
             self._start(z)
         a_t, a_prev = alpha_bar_at(self.alphas_cumprod, step.t), alpha_bar_at(self.alphas_cumprod, step.t_prev)
         with torch.no_grad():
-            eps_ref, features = self.forward_fn(self._z_ref, step.t)
+            eps_ref, features = self.forward_fn(self._z_ref, step.t, True)
             ref = _feature_map(features)
             if tuple(ref.shape[-2:]) != self.sup_size or ref.dim() != 4:
                 raise ArgumentError("forward_fn", f"features must be [1, C, {self.sup_size[0]}, {self.sup_size[1]}] "
@@ -274,45 +276,45 @@ class AlDDPolicy(StepPolicy):
         first = True
         while True:
             final = pending and drags == settings.drags_per_step
-            with torch.set_grad_enabled(not final):
-                eps, features = self.forward_fn(z, step.t)
-            fmap = _feature_map(features)
-            check = first
-            if first and settings.track_at_step_start:
-                self._track(fmap, ref, counted=False)
-            first = False
-            if pending:
-                self._track(fmap, ref, counted=True)
-                pending, check = False, True
-            if final or (check and self._stopped()):
-                break
-            z_prev, _ = ddim_step(z, eps, a_t, a_prev)
-            loss = motion_mod.drag_loss(self.motion, fmap, self.handles, self.targets, ref, self.origins)
-            if self._keep is not None:
-                loss = loss + motion_mod.latent_term(self.motion, z_prev, orig_next, self._keep)
-            optimizer.zero_grad(set_to_none=True)
-            if self.grad_scaler is None:
-                loss.backward()
-                optimizer.step()
-            else:
-                self.grad_scaler.scale(loss).backward()
-                self.grad_scaler.step(optimizer)
-                self.grad_scaler.update()
-            self.grad_steps += 1
-            cur += 1
-            if cur == settings.grad_steps_per_drag:
-                cur = 0
-                drags += 1
-                if settings.track_timing == "before":
-                    pending = True
-                else:
+            with torch.set_grad_enabled(not final):   # the chunk's forwards and losses, under the host's no_grad
+                eps, features = self.forward_fn(z, step.t, not final and self._keep is not None)
+                fmap = _feature_map(features)
+                check = first
+                if first and settings.track_at_step_start:
+                    self._track(fmap, ref, counted=False)
+                first = False
+                if pending:
                     self._track(fmap, ref, counted=True)
-            if self.callback is not None:
-                self.callback(dict(i=step.i, t=step.t, grad_step=self.grad_steps, total=self.total, drag=drags,
-                                   handles=self.handles, loss=loss.detach()))
-            if settings.track_timing == "after" and cur == 0 and (
-                    drags == settings.drags_per_step or self._stopped()):
-                break
+                    pending, check = False, True
+                if final or (check and self._stopped()):
+                    break
+                loss = motion_mod.drag_loss(self.motion, fmap, self.handles, self.targets, ref, self.origins)
+                if self._keep is not None:
+                    z_prev, _ = ddim_step(z, eps, a_t, a_prev)
+                    loss = loss + motion_mod.latent_term(self.motion, z_prev, orig_next, self._keep)
+                optimizer.zero_grad(set_to_none=True)
+                if self.grad_scaler is None:
+                    loss.backward(inputs=[z])
+                    optimizer.step()
+                else:
+                    self.grad_scaler.scale(loss).backward(inputs=[z])
+                    self.grad_scaler.step(optimizer)
+                    self.grad_scaler.update()
+                self.grad_steps += 1
+                cur += 1
+                if cur == settings.grad_steps_per_drag:
+                    cur = 0
+                    drags += 1
+                    if settings.track_timing == "before":
+                        pending = True
+                    else:
+                        self._track(fmap, ref, counted=True)
+                if self.callback is not None:
+                    self.callback(dict(i=step.i, t=step.t, grad_step=self.grad_steps, total=self.total, drag=drags,
+                                       handles=self.handles, loss=loss.detach()))
+                if settings.track_timing == "after" and cur == 0 and (
+                        drags == settings.drags_per_step or self._stopped()):
+                    break
         return z.detach()
 
     def _track(self, fmap: torch.Tensor, ref: torch.Tensor, counted: bool):
