@@ -108,7 +108,7 @@ def _invert(nodes, model, cond, size, steps, seed):
     torch.manual_seed(seed)
     latent = {"samples": torch.randn(1, 4, size // 8, size // 8)}
     return run_node(nodes["inversion"], model=model, latent=latent, positive=cond, steps=steps, strength=1.0,
-                    layers="decoder self-attention", bank_device="offload (CPU)").result[0]
+                    layers="family default", bank_device="offload (CPU)").result[0]
 
 
 def _nodes():

@@ -83,6 +83,8 @@ class DragonPolicy(StepPolicy):
 
     def start(self, plan, z: torch.Tensor) -> None:
         """Draw the noise of every stochastic evaluation of the plan, in order, and move it to z's device once."""
+        self._alpha = {t: alpha_bar_at(self.alphas_cumprod, t) for s in plan for t in (s.t, s.t_prev)}
+        self._on_device = self.energy if self.energy.gate.device == z.device else self.energy.to(z.device)
         draws = sum(s.repeats for s in plan if s.sde_eta > 0)
         generator = torch.Generator().manual_seed(self.seed)
         noise = [torch.randn(z.shape, generator=generator, dtype=torch.float32) for _ in range(draws)]
@@ -116,8 +118,7 @@ class DragonPolicy(StepPolicy):
     def sde_sigma(self, step: PlanStep, z: torch.Tensor) -> torch.Tensor:
         """Sigma map [1, 1, h, w]: step.sde_eta inside the edit region, sde_strength_outside outside (§6)."""
         g = self._guidance_on(z.device)
-        a_t = alpha_bar_at(self.alphas_cumprod, step.t)
-        a_prev = alpha_bar_at(self.alphas_cumprod, step.t_prev)
+        a_t, a_prev = self._alpha[step.t], self._alpha[step.t_prev]
         return regional_sigma(a_t, a_prev, g.sde_mask, step.sde_eta, self.sde_strength_outside).to(z.dtype)
 
     def noise(self, step: PlanStep, z: torch.Tensor) -> torch.Tensor:

@@ -124,6 +124,10 @@ def family(model, node: str, input_name: str = "model") -> Family:
     if channels != 4:
         raise DragEditInputError(node, input_name, f"is a {fam.name} model with {channels} input channels (an "
                                  "inpainting or instruct-pix2pix model)", "Load the base (4-channel) model")
+    blocks = getattr(unet, "output_blocks", ())
+    if len(blocks) != fam.output_blocks or any(_transformer_count(blocks[k]) != n for k, n, _ in fam.decoder_transformers):
+        raise DragEditInputError(node, input_name, f"is a {config_name} model without the {fam.name} decoder layout",
+                                 f"Load one of the supported models: {SUPPORTED}")
     sampling = model.get_model_object("model_sampling")
     if not isinstance(sampling, comfy.model_sampling.ModelSamplingDiscrete) or \
             not isinstance(sampling, comfy.model_sampling.EPS) or \
@@ -131,10 +135,6 @@ def family(model, node: str, input_name: str = "model") -> Family:
         raise DragEditInputError(node, input_name, f"samples with {type(sampling).__name__} (no discrete VP timestep "
                                  "table: EDM or flow matching)", "Use a model with discrete eps or v sampling, or "
                                  "remove the ModelSampling patch")
-    blocks = getattr(unet, "output_blocks", ())
-    if len(blocks) != fam.output_blocks or any(_transformer_count(blocks[k]) != n for k, n, _ in fam.decoder_transformers):
-        raise DragEditInputError(node, input_name, f"is a {config_name} model without the {fam.name} decoder layout",
-                                 f"Load one of the supported models: {SUPPORTED}")
     return fam
 
 
@@ -389,8 +389,18 @@ class _PackSampler(comfy.samplers.Sampler):
                disable_pbar=False):
         if self.grad:
             self.weights_copied = make_autograd_safe(guider.model_patcher)
+        _conds_to_device(guider.conds, guider.model_patcher.load_device)
         passes = Passes(guider, extra_args["model_options"], self.run, extra_args.get("seed"))
         return self.loop(passes, latent_image)
+
+
+def _conds_to_device(conds, device):
+    """The run's processed conditioning moved to the device once: ComfyUI's samplers copy it on every pass."""
+    for entries in conds.values():
+        for entry in entries:
+            for cond in entry.get("model_conds", {}).values():
+                if isinstance(getattr(cond, "cond", None), torch.Tensor):
+                    cond.cond = cond.cond.to(device)
 
 
 def sample(model, loop, latent, positive, negative=None, cfg: float = 1.0, seed: int = 0, sigmas=None,

@@ -61,7 +61,7 @@ class DragEditDDIMInversion(DragEditNode):
         except ArgumentError as err:
             raise DragEditInputError(NAME, "strength", f"{strength} of {steps} steps inverts no step",
                                      "Raise strength or steps") from err
-        kept = {LAYER_SETS[0]: fam.layers(fam.bank_blocks), LAYER_SETS[1]: fam.layers()}.get(layers, ())
+        kept = {LAYER_SETS[0]: fam.layers(fam.bank_blocks), LAYER_SETS[1]: fam.layers(), LAYER_SETS[2]: ()}[layers]
         device = cls._bank_device(model, fam, samples, kept, len(steps_plan), bank_device)
         recorder = BankRecorder(layers=kept, device=device)
         progress = host.Progress(model, len(steps_plan), cls.hidden.unique_id)
