@@ -22,18 +22,23 @@ def correction(z: torch.Tensor, energy_edit: torch.Tensor, energy_con: torch.Ten
     z: the leaf the energies were computed from; gate m: bool [h, w] on the latent grid. The edit gradient acts
     inside the edit mask, the content gradient outside: DiffEditor's regional gradient guidance, in both algs
     (Sampler.py:L225-231, dragondiffusion.md §4). s_E multiplies the energy before backward, as officially
-    (it doubles as the fp16 loss scale). An energy without graph (no active term) contributes 0.
+    (it doubles as the fp16 loss scale). An energy without graph (no active term) contributes 0. Both gradients
+    come from one batched backward through the estimator (is_grads_batched), instead of the official retain_graph
+    and a second backward: the same values with half the backward launches (dragondiffusion.md §8).
     """
-    g_edit = g_con = None
-    if energy_edit.requires_grad:
-        g_edit, = torch.autograd.grad(energy_scale * energy_edit, z, retain_graph=energy_con.requires_grad,
-                                      allow_unused=True)
-    if energy_con.requires_grad:
-        g_con, = torch.autograd.grad(energy_scale * energy_con, z, allow_unused=True)
-    g_edit = torch.zeros_like(z) if g_edit is None else g_edit
-    g_con = torch.zeros_like(z) if g_con is None else g_con
+    live = [(k, e) for k, e in enumerate((energy_edit, energy_con)) if e.requires_grad]
+    grads = [torch.zeros_like(z), torch.zeros_like(z)]
+    if len(live) == 2:
+        stacked = energy_scale * torch.stack([energy_edit, energy_con])
+        both, = torch.autograd.grad(stacked, z, grad_outputs=torch.eye(2, dtype=stacked.dtype, device=z.device),
+                                    is_grads_batched=True)
+        grads = list(both.unbind(0))
+    elif live:
+        (k, e), = live
+        grad, = torch.autograd.grad(energy_scale * e, z, allow_unused=True)
+        grads[k] = torch.zeros_like(z) if grad is None else grad
     m = gate.to(device=z.device, dtype=z.dtype)[None, None]
-    return (eta * (m * g_edit + (1.0 - m) * g_con)).detach()
+    return (eta * (m * grads[0] + (1.0 - m) * grads[1])).detach()
 
 
 def regional_sigma(alpha_bar_t: float, alpha_bar_prev: float, mask: torch.Tensor, eta_inside: float,

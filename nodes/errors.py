@@ -64,12 +64,16 @@ class DragEditNode(io.ComfyNode):
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        if "execute" in cls.__dict__:
-            inner = cls.__dict__["execute"].__func__
+        inner = cls.__dict__["execute"].__func__ if "execute" in cls.__dict__ else None
+        if inner is None or getattr(inner, "checks_numbers", False):   # ComfyUI's class clones copy the wrapper
+            return
 
-            @functools.wraps(inner)
-            def execute(node_cls, **inputs):
-                check_numbers(node_cls, inputs)
-                return inner(node_cls, **inputs)
+        owner = cls   # the executor calls execute on a locked clone of the class, which cannot cache its schema
 
-            cls.execute = classmethod(execute)
+        @functools.wraps(inner)
+        def execute(node_cls, **inputs):
+            check_numbers(owner, inputs)
+            return inner(node_cls, **inputs)
+
+        execute.checks_numbers = True
+        cls.execute = classmethod(execute)

@@ -401,3 +401,28 @@ def test_mismatched_bank_features_and_schedule_are_refused(nodes_, sd15, banks, 
     with pytest.raises(DragEditInputError, match="input 'features' reads features at 0.5 x the image size"):
         run_node(nodes_.sampler, model=sd15[0], memory_bank=banks[0], guidance=g, features=features.gooddrag_tap(8, "SD 1.x"),
                  positive=cond, negative=uncond, **widget_defaults(nodes_.sampler))
+
+
+@pytest.mark.parametrize("name, value", [("cfg", float("nan")), ("sde_strength", float("nan")),
+                                         ("cfg", float("inf")), ("sde_strength", 1.5)])
+def test_a_non_finite_or_out_of_range_sampler_number_is_refused(nodes_, sd15, banks, cond, uncond, name, value):
+    """NaN passes ComfyUI's own range check (NaN < min is False); before, a NaN cfg gave an all-black image."""
+    g, _ = guidance_of(nodes_, "move")
+    with pytest.raises(DragEditInputError, match=rf"Guided Sampler: input '{name}' is (nan|inf|1.5, above)"):
+        sample(nodes_, sd15[0], banks, g, cond, uncond, **{name: value})
+
+
+def test_custom_feature_weights_reach_the_energies(nodes_, sd15, banks, cond, uncond):
+    """The Feature Extractor's custom weights replace the method's layer weights (before: no effect at all)."""
+    from comfyui_dragedit.nodes import features as features_node
+
+    g, _ = guidance_of(nodes_, "move", offset_x=16, offset_y=8)
+    custom = lambda weights: run_node(features_node.DragEditFeatureExtractor, model=sd15[0], preset="custom",  # noqa
+                                      blocks="5, 8", weights=weights, resize="nearest", scale=0.25).result[0]
+    official, tilted = custom("0.5, 0.5"), custom("0.1, 0.9")
+    assert official.weights == (0.5, 0.5) and tilted.weights == (0.1, 0.9)
+    runs = [run_node(nodes_.sampler, model=sd15[0], memory_bank=banks[0], guidance=g, features=tap, positive=cond,
+                     negative=uncond, **{**widget_defaults(nodes_.sampler), "schedule": "D"}).result[0]["samples"]
+            for tap in (DRAGON_TAP, official, tilted)]
+    torch.testing.assert_close(runs[1], runs[0], rtol=0, atol=0)   # move's own weights are 1/L = 0.5, 0.5
+    assert not torch.allclose(runs[2], runs[0], atol=1e-4)

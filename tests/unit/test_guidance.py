@@ -277,3 +277,20 @@ def test_reference_features_are_read_at_the_steps_t_from_the_banks_latent_at_t(m
     calls.clear()
     pol.guidance(step, latent(5), latent(4))   # a time-travel repeat reuses the references of the same t
     assert all(grad for _, _, grad in calls)
+
+
+@pytest.mark.parametrize("mode", ["move", "paste", "drag"])
+def test_one_batched_backward_gives_both_gated_gradients_exactly(mode):
+    """correction() takes both energies' gradients in one backward; the oracle takes them one at a time."""
+    g = BUILDERS[mode](None)
+    ref, src = FEATS(latent(1), 501), FEATS(latent(2), 501)
+    z = latent(3).requires_grad_(True)
+    e_edit, e_con = E.energies(g, FEATS(z, 501), ref, src if mode == "paste" else None)
+    assert e_edit.requires_grad and e_con.requires_grad
+    got = G.correction(z, e_edit, e_con, g.gate, g.eta, g.energy_scale)
+    z2 = latent(3).requires_grad_(True)
+    e_edit2, e_con2 = E.energies(g, FEATS(z2, 501), ref, src if mode == "paste" else None)
+    g_edit, = torch.autograd.grad(g.energy_scale * e_edit2, z2, retain_graph=True)
+    g_con, = torch.autograd.grad(g.energy_scale * e_con2, z2)
+    m = g.gate.to(z.dtype)[None, None]
+    torch.testing.assert_close(got, g.eta * (m * g_edit + (1 - m) * g_con), rtol=1e-12, atol=1e-12)
