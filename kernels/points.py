@@ -5,7 +5,9 @@ kernels check (aldd, energy). Every change of grid is a plain size ratio, x' = x
 half-open range: one rule for latent grids, feature grids and images resized upstream of the node.
 
 The canvas writes `{"version": 1, "image_size": [W, H], "pairs": [[hx, hy, tx, ty], ...]}`; a pair of two numbers
-is a handle still waiting for its target. API users may also send a flat list `[[hx, hy], [tx, ty], ...]`
+is a handle still waiting for its target. An optional `"mask_rle": [n0, n1, n0, ...]` is the editable region
+painted on the canvas: run lengths of 0s and 1s, alternating and starting with 0s, over the W x H grid in
+row-major order. API users may also send a flat list `[[hx, hy], [tx, ty], ...]`
 (DragBench's `points`, handles and targets alternating) or a list of [hx, hy, tx, ty]; those carry no size,
 so their coordinates are taken in the pixels of whatever image reaches the node.
 """
@@ -24,9 +26,11 @@ Size = Tuple[int, int]
 
 
 class ParsedPoints(NamedTuple):
-    """The JSON read and checked on its own: `pairs` may be empty; `image_size` (W, H) is None when unknown."""
+    """The JSON read and checked on its own: `pairs` may be empty; `image_size` (W, H) is None when unknown;
+    `mask` is the painted editable region, float32 [H, W] in {0, 1} on the image_size grid, or None."""
     pairs: Tuple[Pair, ...]
     image_size: Optional[Size]
+    mask: Optional[torch.Tensor] = None
 
 
 def _fmt(v: float) -> str:
@@ -54,6 +58,19 @@ def _size(value, name: str) -> Optional[Size]:
     if not ok or (0 in value and value != [0, 0]):
         raise ValueError(f"{name}: image_size is {json.dumps(value)}; expected [W, H] in pixels, or [0, 0] if unknown")
     return None if value == [0, 0] else (value[0], value[1])
+
+
+def _mask_from_runs(runs, size: Optional[Size], name: str) -> torch.Tensor:
+    if size is None:
+        raise ValueError(f"{name}: mask_rle needs the image_size it was painted on")
+    if not isinstance(runs, list) or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in runs):
+        raise ValueError(f"{name}: mask_rle must be a list of run lengths (whole numbers >= 0)")
+    width, height = size
+    if sum(runs) != width * height:
+        raise ValueError(f"{name}: mask_rle covers {sum(runs)} pixels; the {width}x{height} image has {width * height}")
+    values = torch.arange(len(runs)) % 2
+    flat = torch.repeat_interleave(values, torch.tensor(runs, dtype=torch.long))
+    return flat.reshape(height, width).to(torch.float32)
 
 
 def _pairs_from_dict(data: dict, name: str) -> Tuple[list, Optional[Size]]:
@@ -97,8 +114,11 @@ def parse_points_json(text: str, name: str = "points_json") -> ParsedPoints:
         data = json.loads(text)
     except json.JSONDecodeError as err:
         raise ValueError(f"{name}: is not valid JSON ({err.msg} at line {err.lineno}, column {err.colno})") from None
+    mask = None
     if isinstance(data, dict):
         rows, size = _pairs_from_dict(data, name)
+        if "mask_rle" in data:
+            mask = _mask_from_runs(data["mask_rle"], size, name)
     elif isinstance(data, list):
         rows, size = _pairs_from_list(data, name), None
     else:
@@ -106,7 +126,7 @@ def parse_points_json(text: str, name: str = "points_json") -> ParsedPoints:
     pairs = tuple(tuple(_number(v, name, f"pair {k}") for v in row) for k, row in enumerate(rows, 1))
     if size is not None:
         _check_inside(pairs, size, name)
-    return ParsedPoints(pairs, size)
+    return ParsedPoints(pairs, size, mask)
 
 
 def _scale_pairs(pairs, size: Size, new_size: Size) -> Tuple[Pair, ...]:
@@ -197,6 +217,17 @@ class DragPoints:
             raise ValueError("pairs: the second target lies on the first, which would shrink the object to "
                              "nothing; move it, or delete the second pair")
         return scale
+
+
+def painted_region(parsed: ParsedPoints, image_size: Size) -> Optional[torch.Tensor]:
+    """The painted mask on the actual W x H image (nearest-neighbour when it was painted at another size, as the
+    points follow the size ratio), float32 [H, W]; None when nothing is painted."""
+    if parsed.mask is None or not bool(parsed.mask.any()):
+        return None
+    width, height = image_size
+    if parsed.mask.shape == (height, width):
+        return parsed.mask
+    return torch.nn.functional.interpolate(parsed.mask[None, None], size=(height, width), mode="nearest")[0, 0]
 
 
 def points_for_image(parsed: ParsedPoints, image_size: Size, name: str = "points_json") -> DragPoints:
