@@ -38,15 +38,24 @@ def _loader_and_image(image=SCENE, prompt="a photo of objects on a table"):
     ]
 
 
+def _demo_head():
+    """The demo model and its scene: "ckpt", "image", "pos", "latent" as _loader_and_image gives them."""
+    return [
+        node("ckpt", "DragEditDemoModel"),
+        node("image", "LoadImage", image=draw_example_inputs.DEMO_SCENE),
+        node("pos", "CLIPTextEncode", clip=("ckpt", 1), text=""),
+        node("latent", "VAEEncode", pixels=("image", 0), vae=("ckpt", 2)),
+    ]
+
+
 def reconstruct():
-    """Shared core: invert with a memory bank, then a stock KSampler on the bank-attention MODEL reconstructs."""
-    return _loader_and_image() + [
+    """Shared core: invert with a memory bank, then a stock KSampler on the bank-attention MODEL reconstructs. On
+    the demo model, so the reconstruction is a real one (a random-weight autoencoder reconstructs nothing)."""
+    return _demo_head() + [
         node("neg", "CLIPTextEncode", clip=("ckpt", 1), text=""),
-        node("invert", "DragEditDDIMInversion", model=("ckpt", 0), latent=("latent", 0), positive=("pos", 0),
-             steps=DRAGON_STEPS),
+        node("invert", "DragEditDDIMInversion", model=("ckpt", 0), latent=("latent", 0), positive=("pos", 0)),
         node("vca", "DragEditVisualCrossAttention", model=("ckpt", 0), memory_bank=("invert", 0)),
-        node("sampler", "KSamplerAdvanced", model=("vca", 0), add_noise="disable", noise_seed=0, steps=DRAGON_STEPS,
-             cfg=1.0,
+        node("sampler", "KSamplerAdvanced", model=("vca", 0), add_noise="disable", noise_seed=0, steps=50, cfg=1.0,
              sampler_name="ddim", scheduler="ddim_uniform", positive=("pos", 0), negative=("neg", 0),
              latent_image=("invert", 1), start_at_step=0, end_at_step=10000, return_with_leftover_noise="disable"),
         node("decode", "VAEDecode", samples=("sampler", 0), vae=("ckpt", 2)),
@@ -206,19 +215,13 @@ def demo_move(name="demo_move"):
     case = draw_example_inputs.demo_case()
     arrow = tuple(round(v) for v in case.handle + case.target)
     size = case.image.shape[0]
-    head = [
-        node("ckpt", "DragEditDemoModel"),
-        node("image", "LoadImage", image=draw_example_inputs.DEMO_SCENE),
-        node("pos", "CLIPTextEncode", clip=("ckpt", 1), text=""),
-        node("latent", "VAEEncode", pixels=("image", 0), vae=("ckpt", 2)),
-    ]
     return _dragon(name, [
         node("object", "LoadImageMask", image=draw_example_inputs.DEMO_MASK, channel="red"),
         node("mask", "GrowMask", mask=("object", 0), expand=2),
         node("points", "DragEditPoints", image=("image", 0), points_json=_points_json(arrow, size=size)),
         node("guidance", "DragEditEnergyGuidanceMove", mask=("mask", 0), offset_x=("points", 1),
              offset_y=("points", 2)),
-    ], "replace", cfg=1.0, head=head, steps=50)
+    ], "replace", cfg=1.0, head=_demo_head(), steps=50)
 
 
 def chained():
@@ -255,7 +258,7 @@ TITLES = {
     "drag": ("Content drag (DragonDiffusion)", "Handles to targets inside the editable region"),
     "gooddrag": ("GoodDrag", "Alternating drag and denoising with point tracking"),
     "dragdiffusion": ("DragDiffusion", "GoodDrag's special case: every drag at one timestep"),
-    "reconstruct": ("Reconstruct (inversion check)", "DDIM inversion + bank attention, a stock KSampler rebuilds"),
+    "reconstruct": ("Reconstruct (inversion check)", "Demo model: DDIM inversion, bank attention, a stock KSampler"),
 }
 
 WORKFLOWS = {"demo_move": demo_move, "chained": chained, "reconstruct": reconstruct, "gooddrag": gooddrag, "dragdiffusion": dragdiffusion,

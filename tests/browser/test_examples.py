@@ -21,9 +21,6 @@ from tests.support.workflow import ui_to_api
 
 EXAMPLES = sorted((REPO / "example_workflows").glob("*.json"))
 INPUTS = REPO / "example_workflows" / "inputs"
-CASES = [(path, frontend) for frontend in (SHIPPED, NEWEST) for path in EXAMPLES]
-PROMPTS = {}   # (example, frontend) -> the prompt graphToPrompt built (classic)
-IMAGES = {}    # (example, frontend) -> the edited image
 
 
 def _output_image(server, entry):
@@ -120,10 +117,11 @@ EDITED_REGION = {
 
 
 def check_reconstruction(server, prompt, output):
-    """Within 3 dB of the autoencoder's own round trip of the same image (measured now, same model)."""
+    """Within 1 dB of the autoencoder's own round trip of the same image (measured now, same model): inversion
+    and the bank-attention sampler add next to nothing to what the autoencoder loses."""
     source = _input_image(prompt)
     round_trip = _output_image(server, server.run(autoencoder_round_trip(prompt), timeout=300))
-    bound = psnr(round_trip, source) - 3.0
+    bound = psnr(round_trip, source) - 1.0
     assert psnr(output, source) >= bound, (psnr(output, source), bound)
     return f"PSNR {psnr(output, source):.1f} dB (autoencoder {psnr(round_trip, source):.1f} dB)"
 
@@ -260,11 +258,8 @@ def _second_canvas_shows_the_first_result(page, server, entry):
     assert (np.abs(shot_pixels - np.array([230, 57, 70])) < 12).all(axis=-1).sum() > 4, "no handle drawn"
 
 
-@pytest.mark.parametrize("path, frontend", CASES, ids=[f"{p.stem}-{f}" for p, f in CASES])
-def test_example_runs_from_the_frontend(browser, comfy_server, path, frontend):
-    name = path.stem
-    server = comfy_server
-    workflow = json.loads(path.read_text())
+def _run_in(browser, server, name, workflow, frontend):
+    """Open, look at and Run the example in one frontend, both displays; (its prompt, the edited image)."""
     page = open_page(browser, server, frontend)
     try:
         prompts = {}
@@ -274,9 +269,6 @@ def test_example_runs_from_the_frontend(browser, comfy_server, path, frontend):
             _look(page, name, display, frontend)
             prompts[display] = ui.graph_to_prompt(page)
         assert ui.dump(prompts["nodes2"]) == ui.dump(prompts["classic"]), "Nodes 2.0 builds another prompt"
-        PROMPTS[name, frontend] = prompts["classic"]
-        if (name, SHIPPED) in PROMPTS:
-            assert ui.dump(prompts["classic"]) == ui.dump(PROMPTS[name, SHIPPED]), f"{frontend} builds another prompt"
         for node in prompts["classic"].values():
             if node["class_type"] == "CheckpointLoaderSimple":
                 assert node["inputs"]["ckpt_name"] == USER_CKPT_NAME
@@ -297,14 +289,23 @@ def test_example_runs_from_the_frontend(browser, comfy_server, path, frontend):
             _pictures_of_the_run(page, name, entry)
         if name == "chained":
             _second_canvas_shows_the_first_result(page, server, entry)
-        IMAGES[name, frontend] = outputs["classic"]
-        if frontend == SHIPPED:
-            print(f"{name}: {check_content(name, server, prompts['classic'], outputs['classic'])}")
-        elif (name, SHIPPED) in IMAGES:   # the same prompt on the same ComfyUI: the same pixels, checked above
-            assert np.array_equal(outputs["classic"], IMAGES[name, SHIPPED])
         assert not [e for e in page.errors if "DragEdit" in e], page.errors
+        return prompts["classic"], outputs["classic"]
     finally:
         page.context.close()
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_example_runs_from_the_frontend(browser, comfy_server, path):
+    """Both frontends build the same prompt and get the same pixels (the second from the cache); then the content
+    check, whose reference runs come last so they do not push the example out of ComfyUI's cache."""
+    name = path.stem
+    workflow = json.loads(path.read_text())
+    prompt, image = _run_in(browser, comfy_server, name, workflow, SHIPPED)
+    newest_prompt, newest_image = _run_in(browser, comfy_server, name, workflow, NEWEST)
+    assert ui.dump(newest_prompt) == ui.dump(prompt), f"frontend {NEWEST} builds another prompt"
+    assert np.array_equal(newest_image, image)
+    print(f"{name}: {check_content(name, comfy_server, prompt, image)}")
 
 
 def test_every_example_has_a_content_check():

@@ -28,6 +28,16 @@ def load_workflow(page, workflow, display):
     page.wait_for_timeout(600)   # images load, Vue nodes measure themselves
 
 
+def clear_overlays(page):
+    """Take away what floats over the graph and hides nodes in a screenshot: toasts (the Nodes 2.0 banner) and the
+    minimap; the nodes underneath are what the tests look at."""
+    page.evaluate("""() => {
+        document.querySelectorAll('.p-toast-message').forEach(e => e.remove());
+        if (app.extensionManager.setting.get('Comfy.Minimap.Visible'))
+            app.extensionManager.setting.set('Comfy.Minimap.Visible', false);
+    }""")
+
+
 def graph_to_prompt(page):
     return page.evaluate("app.graphToPrompt().then(p => p.output)")
 

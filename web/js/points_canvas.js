@@ -23,10 +23,10 @@ const STYLE = `
 .dragedit-points-stage { position: relative; flex: 1; min-height: 160px; }
 .dragedit-points-stage canvas { position: absolute; inset: 0; width: 100%; height: 100%; cursor: crosshair;
   border-radius: 4px; touch-action: none; }
-.dragedit-points-message { position: absolute; left: 8px; right: 8px; top: 8px; padding: 6px 8px; border-radius: 4px;
-  font: 12px sans-serif; color: #fff; background: rgba(20, 20, 20, 0.85); pointer-events: none; white-space: pre-wrap; }
+.dragedit-points-message { padding: 2px 8px; border-radius: 4px; min-height: 15px; max-height: 72px; overflow-y: auto; flex: none;
+  font: 12px sans-serif; color: #fff; background: rgba(20, 20, 20, 0.85); white-space: pre-wrap; }
 .dragedit-points-message.error { background: rgba(150, 30, 30, 0.92); }
-.dragedit-points-message:empty { display: none; }
+.dragedit-points-message:empty { background: transparent; }
 .dragedit-points-keys { position: absolute; width: 1px; height: 1px; opacity: 0; pointer-events: none; }
 `;
 
@@ -112,8 +112,9 @@ export class PointsCanvas {
     this.keys = el("input", "dragedit-points-keys");
     this.keys.readOnly = true;
     this.keys.setAttribute("aria-label", "Drag points editor keys");
-    stage.append(this.canvas, this.message, this.keys);
-    this.element.append(bar, stage);
+    stage.append(this.canvas, this.keys);
+    // Messages sit between the bar and the image, never over the points they talk about.
+    this.element.append(bar, this.message, stage);
 
     this.listeners = [
       [this.canvas, "pointerdown", (e) => this.onPointerDown(e)],
@@ -459,9 +460,11 @@ export class PointsCanvas {
         this.drawPairs(ctx, unit);
       }
     }
-    const { error, text } = this.messageText();
-    this.message.textContent = text;
-    this.message.classList.toggle("error", error);
+    if (!this.drag) {   // a message that grows or shrinks mid-drag would move the image under the pointer
+      const { error, text } = this.messageText();
+      this.message.textContent = text;
+      this.message.classList.toggle("error", error);
+    }
     const n = this.pairs.filter((p) => !isPending(p)).length;
     const size = this.size ? ` · ${this.size[0]}x${this.size[1]}` : "";
     const masked = maskIsEmpty(this.mask) ? "" : " · mask";
