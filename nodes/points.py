@@ -47,8 +47,8 @@ class DragEditPoints(io.ComfyNode):
             node_id="DragEditPoints",
             display_name=NAME,
             category="DragEdit",
-            description="Click handle -> target pairs on the image (canvas below; run once to show the image). "
-                        "Gives the points for drag editing (GoodDrag, DragDiffusion, DragonDiffusion drag), the "
+            description="Click handle -> target pairs on the image and paint the editable region (canvas below: "
+                        "it shows an upstream Load Image at once, any other image after a run). Gives the points for drag editing (GoodDrag, DragDiffusion, DragonDiffusion drag), the "
                         "first arrow as a move offset (and a second one as a resize factor) for move and paste, "
                         "the editable-region mask and a preview with the arrows drawn.",
             inputs=[
