@@ -10,7 +10,7 @@ import json
 import sys
 
 from scripts import draw_example_inputs
-from tests.browser.conftest import CHROMIUM_ARGS
+from tests.browser.conftest import CHROMIUM_ARGS, VIEWPORT
 from tests.support.host import CHROMIUM
 from tests.support.pack import REPO
 from tests.support.server import USER_CKPT_NAME, ComfyServer
@@ -21,7 +21,7 @@ COLUMN_WIDTH, ROW_GAP = 340, 40
 # Room for the images the classic display draws below the widgets (computeSize does not count them; Nodes 2.0
 # sizes its nodes to their content, and the build measures that).
 EXTRA_HEIGHT = {"LoadImage": 250, "LoadImageMask": 250, "SaveImage": 280, "PreviewImage": 280}
-VIEW = (1400, 900, 70, 90)   # the window the saved view fits (width, height) and the UI's left and top bars
+VIEW = (VIEWPORT["width"], VIEWPORT["height"], 70, 90)   # the window the saved view fits, and the UI's bars
 
 
 def node(key, class_type, **inputs):
@@ -326,6 +326,9 @@ BUILD_IN_FRONTEND = """async plan => {
     }
   }
   if (plan.nodes2) {   // measure: how large Nodes 2.0 draws each node, in graph units of the classic display
+    app.canvas.ds.scale = 1;   // every node at the origin, at full size (nothing culled, no minimum font size)
+    app.canvas.ds.offset = [100, 100];
+    app.canvas.setDirty(true, true);
     await new Promise(r => setTimeout(r, 1500));
     const scale = app.canvas.ds.scale * 1.2;   // Nodes 2.0 spreads a classic layout by 1.2 when it loads one
     return Object.fromEntries([...document.querySelectorAll('.lg-node[data-node-id]')].map(e => {
@@ -384,10 +387,11 @@ def main(names):
     with ComfyServer() as server, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
         page = browser.new_page(viewport={"width": VIEW[0], "height": VIEW[1]})
-        page.goto(server.url + "/", wait_until="domcontentloaded")
-        page.wait_for_function("window.app && window.app.graph && window.app.canvas && "
-                               "!!LiteGraph.registered_node_types.DragEditPoints", timeout=90000)
         for name in names or WORKFLOWS:
+            # A fresh page each time: Nodes 2.0 keeps node sizes by node id across graph.clear().
+            page.goto(server.url + "/", wait_until="domcontentloaded")
+            page.wait_for_function("window.app && window.app.graph && window.app.canvas && "
+                                   "!!LiteGraph.registered_node_types.DragEditPoints", timeout=90000)
             graph = plan(WORKFLOWS[name]())
             graph["nodes2_size"] = page.evaluate(BUILD_IN_FRONTEND, {**graph, "nodes2": True})
             saved = page.evaluate(BUILD_IN_FRONTEND, {**graph, "nodes2": False})

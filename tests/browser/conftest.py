@@ -14,7 +14,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
 ARTIFACTS = REPO / "tests" / "artifacts"
 SHIPPED, NEWEST = list(FRONTENDS)
-VIEWPORT = {"width": 1400, "height": 900}
+VIEWPORT = {"width": 1920, "height": 1000}   # a desktop browser window; the examples' saved view fits it
 
 # (example, display, frontend) of every run queued from the frontend that succeeded; printed at the end.
 EXAMPLE_RUNS = []

@@ -215,8 +215,13 @@ def _pictures_of_the_run(page, name, entry):
     """The finished run as the frontend shows it (classic): the README picture and the Templates thumbnail."""
     from scripts.build_example_workflows import TITLES
 
+    # every node drawn in full (a zoomed-out classic view draws them as plain boxes), nothing floating over them
+    page.evaluate("app.extensionManager.setting.set('LiteGraph.Canvas.MinFontSizeForLOD', 0)")
+    ui.clear_overlays(page)
+    page.evaluate("app.graph.setDirtyCanvas(true, true)")
     page.wait_for_timeout(1500)   # the result images load into their nodes
     shot = page.screenshot()
+    page.evaluate("app.extensionManager.setting.set('LiteGraph.Canvas.MinFontSizeForLOD', 8)")
     artifact(f"examples/{name}.png").write_bytes(shot)
     boxes = ui.node_boxes(page, "classic")
     types = page.evaluate("Object.fromEntries(app.graph.nodes.map(n => [String(n.id), n.type]))")
