@@ -242,7 +242,7 @@ def _second_canvas_shows_the_first_result(page, server, entry):
         first_result = np.asarray(im.convert("RGB")).astype(np.float64)
     source = _input_image({"1": {"class_type": "LoadImage", "inputs": {"image": next(
         n["widgets_values"][0] for n in page.evaluate("app.graph.serialize()")["nodes"] if n["type"] == "LoadImage")}}})
-    canvas = page.locator(f".dragedit-points[data-node-id='{editors[1]}'] canvas")
+    canvas = page.locator(f".dragedit-points[data-dragedit-node='{editors[1]}'] canvas")
     page.wait_for_timeout(800)
     box = canvas.bounding_box()
     shot = Image.open(io.BytesIO(page.screenshot(clip=box))).convert("RGB")

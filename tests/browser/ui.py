@@ -11,7 +11,7 @@ def set_display(page, display):
     """Switch the node renderer as the menu toggle does (the setting is stored on the server for the next page)."""
     page.evaluate("([key, on]) => app.extensionManager.setting.set(key, on)", [VUE_SETTING, display == "nodes2"])
     page.wait_for_function(
-        "on => (document.querySelectorAll('[data-node-id]').length > 0) === on || app.graph.nodes.length === 0",
+        "on => (document.querySelectorAll('.lg-node[data-node-id]').length > 0) === on || app.graph.nodes.length === 0",
         arg=display == "nodes2", timeout=20000)
 
 

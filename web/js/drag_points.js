@@ -139,7 +139,7 @@ function watch() {
       continue;
     }
     state.added = true;
-    state.editor.element.dataset.nodeId = String(node.id);
+    state.editor.element.dataset.drageditNode = String(node.id);
     if (!state.editor.element.isConnected) continue;
     state.editor.checkSize();
     if (frames % SLOW_EVERY === 0) sync(node, state);
