@@ -16,8 +16,6 @@ ARTIFACTS = REPO / "tests" / "artifacts"
 SHIPPED, NEWEST = list(FRONTENDS)
 VIEWPORT = {"width": 1920, "height": 1000}   # a desktop browser window; the examples' saved view fits it
 
-# (example, display, frontend) of every run queued from the frontend that succeeded; printed at the end.
-EXAMPLE_RUNS = []
 
 
 @pytest.fixture(scope="session")
@@ -75,6 +73,8 @@ def artifact(name) -> pathlib.Path:
 
 
 def pytest_terminal_summary(terminalreporter):
+    from tests.browser.ui import EXAMPLE_RUNS
+
     if not EXAMPLE_RUNS:
         return
     examples = sorted({r[0] for r in EXAMPLE_RUNS})

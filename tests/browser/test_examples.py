@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from tests.browser import pictures, ui
-from tests.browser.conftest import EXAMPLE_RUNS, NEWEST, SHIPPED, artifact, open_page
+from tests.browser.conftest import NEWEST, SHIPPED, artifact, open_page
 from tests.support.pack import REPO
 from tests.support.server import USER_CKPT_NAME
 from tests.support.workflow import ui_to_api
@@ -288,7 +288,7 @@ def _run_in(browser, server, name, workflow, frontend):
             assert ui.dump(body["prompt"]) == ui.dump(prompts["classic"])
             assert entry["status"]["status_str"] == "success", (display, entry["status"])
             outputs[display] = _output_image(server, entry)
-            EXAMPLE_RUNS.append((name, display, frontend))
+            ui.EXAMPLE_RUNS.append((name, display, frontend))
         assert np.array_equal(outputs["classic"], outputs["nodes2"])
         if frontend == SHIPPED:
             _pictures_of_the_run(page, name, entry)

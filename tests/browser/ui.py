@@ -5,6 +5,7 @@ import time
 
 DISPLAYS = ("classic", "nodes2")
 VUE_SETTING = "Comfy.VueNodes.Enabled"
+EXAMPLE_RUNS = []   # (example, display, frontend) of every example run queued from the frontend that succeeded
 
 
 def set_display(page, display):
