@@ -182,6 +182,28 @@ def test_the_converter_builds_what_the_frontend_builds(classic_page, comfy_serve
            {k: (v["class_type"], v["inputs"]) for k, v in frontend.items()}
 
 
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_every_widget_value_the_frontend_sends_is_one_the_node_accepts(classic_page, comfy_server, path):
+    """The values graphToPrompt reads from the saved widgets_values, checked as POST /prompt checks them (choices,
+    bounds): a value saved in the wrong slot (demo_move's Load Image (as Mask) once sent channel 'image') fails here
+    in seconds, before any run."""
+    ui.load_workflow(classic_page, json.loads(path.read_text()), "classic")
+    info = comfy_server.object_info()
+    for key, node in ui.graph_to_prompt(classic_page).items():
+        specs = {**info[node["class_type"]]["input"]["required"], **info[node["class_type"]]["input"].get("optional", {})}
+        for name, value in node["inputs"].items():
+            if isinstance(value, list) or name not in specs:
+                continue
+            kind, options = specs[name][0], (specs[name][1] if len(specs[name]) > 1 else {})
+            where = f"{path.name}: node {key} ({node['class_type']}) input {name} = {value!r}"
+            if isinstance(kind, list) or kind == "COMBO":
+                choices = kind if isinstance(kind, list) else options.get("options", [])
+                assert value in choices, f"{where} is not one of {choices}"
+            elif kind in ("INT", "FLOAT"):
+                assert isinstance(value, (int, float)) and not isinstance(value, bool), where
+                assert options.get("min", -math.inf) <= value <= options.get("max", math.inf), where
+
+
 def test_no_output_node_runs_without_an_edit(comfy_server):
     """ComfyUI runs every output node whose inputs validate, so an output node beside the edit would make a broken
     edit look like a partial success: every output node of every example depends on a sampler."""
