@@ -61,7 +61,8 @@ def autoencoder_round_trip(prompt):
     }
 
 
-NEUTRAL = {"energy_scale": 0.0, "lr": 0.0}   # DragonDiffusion energies off; GoodDrag's drags move nothing
+# DragonDiffusion's energies off; GoodDrag's drags move nothing (its scheduler refuses lr 0: a step of 1e-9 px)
+NEUTRAL = {"energy_scale": 0.0, "lr": 1e-9}
 
 
 def without_edit(prompt):
