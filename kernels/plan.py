@@ -80,12 +80,13 @@ def schedule_of(timesteps, num_train_timesteps: int = NUM_TRAIN_TIMESTEPS) -> tu
 
     Inversion keeps the last n timesteps of `ddim_timesteps(num_steps)`, which fix the stride and so num_steps up
     to steps that share it (48..50 all give 981, ..., 1 in steps of 20); the plan's t are the same for each.
+    Stride 1 (501..999 steps) is read as the most steps the table allows.
     """
     timesteps = [int(t) for t in timesteps]
     n = len(timesteps)
     stride = timesteps[0] - timesteps[1] if n > 1 else num_train_timesteps
-    num_steps = num_train_timesteps // stride if stride > 0 else 0
-    if not n or not 1 <= num_steps <= num_train_timesteps or \
+    num_steps = min(num_train_timesteps // stride, num_train_timesteps - 1) if stride > 0 else 0
+    if not n or not 1 <= num_steps or \
             ddim_timesteps(num_steps, num_train_timesteps)[-n:] != timesteps:
         raise ArgumentError("timesteps", f"{timesteps} are not the tail of a DDIM schedule")
     return num_steps, n / num_steps

@@ -29,7 +29,7 @@ class DragEditDDIMInversion(DragEditNode):
                 io.Latent.Input("latent", tooltip="VAE Encode of the image to edit (one image)."),
                 io.Conditioning.Input("positive", tooltip="Text conditioning for the inversion: the prompt used "
                                       "for editing too (GoodDrag: empty prompt; DragonDiffusion: a short caption)."),
-                io.Int.Input("steps", default=50, min=2, max=1000,
+                io.Int.Input("steps", default=50, min=2, max=schedule.MAX_DDIM_STEPS,
                              tooltip="DDIM steps of the full schedule (papers: 50, t = 981..1). The edit nodes follow "
                                      "the bank's steps and rescale the papers' step indices: 25 is the fast preset "
                                      "(about half the time)."),

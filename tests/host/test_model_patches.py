@@ -106,11 +106,22 @@ def test_the_model_function_wrapper_wraps_every_unet_pass(nodes_, sd15, banks, c
 
 
 @pytest.mark.parametrize("sampler", ["guided", "aldd"])
-def test_freeu_block_patches_apply(nodes_, sd15, banks, conds, plain, sampler):
-    from comfy_extras.nodes_freelunch import FreeU_V2
+def test_output_block_patches_apply(nodes_, sd15, banks, conds, plain, sampler):
+    """A block patch as FreeU adds one (set_model_output_block_patch, FreeU's own backbone scaling): it runs on
+    every output block of the denoising passes and on the guidance/drag passes, and the edit changes. (FreeU itself keys its scales by SD-1.5's 1280/640
+    channels, which the test model's 320-wide blocks never have.)"""
+    def scale_backbone(h, hsp, transformer_options):
+        h = h.clone()
+        h[:, :h.shape[1] // 2] *= 1.3
+        return h, hsp
 
-    model = FreeU_V2().patch(sd15[0], 1.3, 1.4, 0.9, 0.2)[0]
+    block_patch = Spy(scale_backbone)
+    model = sd15[0].clone()
+    model.set_model_output_block_patch(block_patch)
     out = _move(nodes_, sd15, model, banks, conds) if sampler == "guided" else _drag(nodes_, model, banks, conds)
+    full_passes = _denoise_passes() if sampler == "guided" else len(banks[1].timesteps)
+    # every output block of the full passes, and more: the estimator's and drag's passes that stop at their tap
+    assert block_patch.calls > full_passes * len(model.model.diffusion_model.output_blocks)
     assert torch.isfinite(out).all()
     assert not torch.allclose(out, plain[0] if sampler == "guided" else plain[1], atol=1e-4)
 
