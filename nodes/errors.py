@@ -47,6 +47,7 @@ def check_numbers(node_cls, values: dict) -> None:
 
     ComfyUI checks widget ranges at queue time but lets NaN through and never checks linked values (and skips the
     inputs a validate_inputs names): this runs at the top of every execute, on what the node actually received.
+    The error names the input as the node shows it (its display name, e.g. 'lambda' for `lam`).
     """
     schema = node_cls.GET_SCHEMA()
     for spec in schema.inputs:
@@ -55,7 +56,7 @@ def check_numbers(node_cls, values: dict) -> None:
             if problem:
                 low = "-inf" if spec.min is None else f"{spec.min:g}"
                 high = "inf" if spec.max is None else f"{spec.max:g}"
-                raise DragEditInputError(schema.display_name, spec.id, problem,
+                raise DragEditInputError(schema.display_name, spec.display_name or spec.id, problem,
                                          f"Use a finite number from {low} to {high}")
 
 
