@@ -11,10 +11,13 @@ so their coordinates are taken in the pixels of whatever image reaches the node.
 """
 import json
 import math
+import sys
 from dataclasses import dataclass
 from typing import NamedTuple, Optional, Tuple
 
 import torch
+
+from .errors import ArgumentError
 
 FORMAT_VERSION = 1
 EMPTY_JSON = '{"version":1,"image_size":[0,0],"pairs":[]}'
@@ -33,42 +36,57 @@ def _fmt(v: float) -> str:
     return f"{v:g}"
 
 
+def _shown(value, limit: int = 40) -> str:
+    """A JSON value as a message quotes it: short, whatever its size or depth."""
+    try:
+        text = json.dumps(value)
+    except (RecursionError, ValueError):
+        text = f"a {type(value).__name__} too deep or long to quote"
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def _check_inside(pairs, size: Size, name: str) -> None:
     width, height = size
     for k, pair in enumerate(pairs, 1):
         for role, (x, y) in (("handle", pair[:2]), ("target", pair[2:])):
             if not (0 <= x < width and 0 <= y < height):
-                raise ValueError(f"{name}: {role} ({_fmt(x)}, {_fmt(y)}) of pair {k} is outside the {width}x{height} "
-                                 f"image (x must be in 0..{width - 1}, y in 0..{height - 1})")
+                raise ArgumentError(name, f"{role} ({_fmt(x)}, {_fmt(y)}) of pair {k} is outside the "
+                                          f"{width}x{height} image (x must be in 0..{width - 1}, y in 0..{height - 1})")
 
 
 def _number(value, name: str, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name}: {where} holds {json.dumps(value)}, not a finite number")
-    return float(value)
+    number = math.nan
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            number = float(value)
+        except OverflowError:   # an integer beyond float's range
+            pass
+    if not math.isfinite(number):
+        raise ArgumentError(name, f"{where} holds {_shown(value)}, not a finite number")
+    return number
 
 
 def _size(value, name: str) -> Optional[Size]:
     ok = (isinstance(value, list) and len(value) == 2
           and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value))
     if not ok or (0 in value and value != [0, 0]):
-        raise ValueError(f"{name}: image_size is {json.dumps(value)}; expected [W, H] in pixels, or [0, 0] if unknown")
+        raise ArgumentError(name, f"image_size is {_shown(value)}; expected [W, H] in pixels, or [0, 0] if unknown")
     return None if value == [0, 0] else (value[0], value[1])
 
 
 def _pairs_from_dict(data: dict, name: str) -> Tuple[list, Optional[Size]]:
     version = data.get("version", FORMAT_VERSION)
-    if version != FORMAT_VERSION:
-        raise ValueError(f"{name}: has version {json.dumps(version)}; this DragEdit reads version {FORMAT_VERSION}")
+    if isinstance(version, bool) or version != FORMAT_VERSION:
+        raise ArgumentError(name, f"has version {_shown(version)}; this DragEdit reads version {FORMAT_VERSION}")
     if not isinstance(data.get("pairs"), list):
-        raise ValueError(f"{name}: has no \"pairs\" list")
+        raise ArgumentError(name, "has no \"pairs\" list")
     size = _size(data.get("image_size", [0, 0]), name)
     rows = data["pairs"]
     for k, row in enumerate(rows, 1):
         if isinstance(row, list) and len(row) == 2:
-            raise ValueError(f"{name}: pair {k} has a handle but no target")
+            raise ArgumentError(name, f"pair {k} has a handle but no target")
         if not isinstance(row, list) or len(row) != 4:
-            raise ValueError(f"{name}: pair {k} is {json.dumps(row)}; expected [hx, hy, tx, ty]")
+            raise ArgumentError(name, f"pair {k} is {_shown(row)}; expected [hx, hy, tx, ty]")
     return rows, size
 
 
@@ -77,32 +95,36 @@ def _pairs_from_list(rows: list, name: str) -> list:
     if lengths in (set(), {4}):
         return rows
     if lengths != {2}:
-        raise ValueError(f"{name}: a list must hold only [x, y] points (handle, target, handle, ...) or only "
-                         f"[hx, hy, tx, ty] pairs")
+        raise ArgumentError(name, "a list must hold only [x, y] points (handle, target, handle, ...) or only "
+                                  "[hx, hy, tx, ty] pairs")
     if len(rows) % 2:
-        raise ValueError(f"{name}: has {len(rows)} points; handles and targets alternate, so there must be as "
-                         f"many targets as handles (an even count)")
+        raise ArgumentError(name, f"has {len(rows)} points; handles and targets alternate, so there must be as "
+                                  f"many targets as handles (an even count)")
     return [rows[i] + rows[i + 1] for i in range(0, len(rows), 2)]
 
 
 def parse_points_json(text: str, name: str = "points_json") -> ParsedPoints:
-    """Read the canvas JSON (or an API user's list); ValueError naming `name` for anything malformed.
+    """Read the canvas JSON (or an API user's list); ArgumentError naming `name` for anything malformed.
 
     Checks syntax, structure, numbers and, when the JSON states its image size, that every point is inside it.
     An empty pair list is legal here: the canvas starts that way.
     """
     if not isinstance(text, str):
-        raise ValueError(f"{name}: expected a JSON string, got {type(text).__name__}")
+        raise ArgumentError(name, f"expected a JSON string, got {type(text).__name__}")
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
-        raise ValueError(f"{name}: is not valid JSON ({err.msg} at line {err.lineno}, column {err.colno})") from None
+        raise ArgumentError(name, f"is not valid JSON ({err.msg} at line {err.lineno}, column {err.colno})") from None
+    except RecursionError:
+        raise ArgumentError(name, "is nested too deeply: a pair is one list of four numbers") from None
+    except ValueError:   # an integer past Python's digit limit for str -> int
+        raise ArgumentError(name, f"holds a number longer than {sys.get_int_max_str_digits()} digits") from None
     if isinstance(data, dict):
         rows, size = _pairs_from_dict(data, name)
     elif isinstance(data, list):
         rows, size = _pairs_from_list(data, name), None
     else:
-        raise ValueError(f"{name}: is a JSON {type(data).__name__}; expected an object with \"pairs\" or a list")
+        raise ArgumentError(name, f"is a JSON {type(data).__name__}; expected an object with \"pairs\" or a list")
     pairs = tuple(tuple(_number(v, name, f"pair {k}") for v in row) for k, row in enumerate(rows, 1))
     if size is not None:
         _check_inside(pairs, size, name)
@@ -128,12 +150,12 @@ class DragPoints:
         size = self.image_size
         if (not isinstance(size, tuple) or len(size) != 2
                 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
-            raise ValueError(f"image_size: expected (W, H) positive ints, got {size!r}")
+            raise ArgumentError("image_size", f"expected (W, H) positive ints, got {size!r}")
         if not self.pairs:
-            raise ValueError("pairs: no handle -> target pair; at least one is needed")
+            raise ArgumentError("pairs", "no handle -> target pair; at least one is needed")
         pairs = tuple(tuple(_number(v, "pairs", f"pair {k}") for v in p) for k, p in enumerate(self.pairs, 1))
         if any(len(p) != 4 for p in pairs):
-            raise ValueError("pairs: every pair must be (hx, hy, tx, ty)")
+            raise ArgumentError("pairs", "every pair must be (hx, hy, tx, ty)")
         _check_inside(pairs, size, "pairs")
         object.__setattr__(self, "pairs", pairs)
 
@@ -142,7 +164,8 @@ class DragPoints:
         """From [N, 2] (x, y) tensors, e.g. the handles where a drag ended up."""
         h, t = (torch.as_tensor(p, dtype=torch.float64).detach().cpu() for p in (handles, targets))
         if h.dim() != 2 or h.shape[1] != 2 or h.shape != t.shape:
-            raise ValueError(f"handles, targets: expected two [N, 2] tensors, got {tuple(h.shape)} and {tuple(t.shape)}")
+            raise ArgumentError("handles", f"expected two [N, 2] tensors (handles, targets), got {tuple(h.shape)} and "
+                                           f"{tuple(t.shape)}")
         return cls(tuple(tuple(row) for row in torch.cat([h, t], dim=1).tolist()), tuple(image_size))
 
     def __len__(self) -> int:
@@ -190,20 +213,20 @@ class DragPoints:
         (h1x, h1y, t1x, t1y), (h2x, h2y, t2x, t2y) = self.pairs[:2]
         span = math.hypot(h2x - h1x, h2y - h1y)
         if span == 0:
-            raise ValueError("pairs: the second handle lies on the first, so it sets no scale; move it onto the "
+            raise ArgumentError("pairs", "the second handle lies on the first, so it sets no scale; move it onto the "
                              "object's edge, or delete the second pair")
         scale = math.hypot(t2x - t1x, t2y - t1y) / span
         if scale == 0:
-            raise ValueError("pairs: the second target lies on the first, which would shrink the object to "
+            raise ArgumentError("pairs", "the second target lies on the first, which would shrink the object to "
                              "nothing; move it, or delete the second pair")
         return scale
 
 
 def points_for_image(parsed: ParsedPoints, image_size: Size, name: str = "points_json") -> DragPoints:
     """DragPoints on the actual W x H image: rescaled by the size ratio when the JSON was drawn on an image of
-    another size (resized upstream), checked inside it. ValueError naming `name` when there is no pair."""
+    another size (resized upstream), checked inside it. ArgumentError naming `name` when there is no pair."""
     if not parsed.pairs:
-        raise ValueError(f"{name}: has no handle -> target pair")
+        raise ArgumentError(name, "has no handle -> target pair")
     pairs = parsed.pairs
     if parsed.image_size is not None and parsed.image_size != tuple(image_size):
         pairs = _scale_pairs(pairs, parsed.image_size, image_size)

@@ -8,8 +8,9 @@ from comfy_api.latest import io, ui
 
 from ..kernels import masks, preview
 from ..kernels import points as kpoints
+from ..kernels.errors import ArgumentError
 from . import types
-from .errors import DragEditInputError
+from .errors import DragEditInputError, from_argument
 
 NAME = "Drag Points Editor"
 INPUT = "points_json"
@@ -18,8 +19,9 @@ FIX = ('Edit the points on the canvas (Clear starts over), or write {"version":1
        '"pairs":[[hx,hy,tx,ty],...]} in image pixels')
 
 
-def _input_error(err: ValueError) -> DragEditInputError:
-    return DragEditInputError(NAME, INPUT, str(err).split(": ", 1)[-1], FIX)
+def _input_error(err: ArgumentError) -> DragEditInputError:
+    """Every argument of the points kernels is the one points_json."""
+    return from_argument(NAME, err, {"pairs": INPUT, "image_size": INPUT}, fix=FIX)
 
 
 def _editable_region(mask, height: int, width: int):
@@ -81,7 +83,7 @@ class DragEditPoints(io.ComfyNode):
             return True
         try:
             kpoints.parse_points_json(points_json, INPUT)
-        except ValueError as err:
+        except ArgumentError as err:
             return str(_input_error(err))
         return True
 
@@ -92,7 +94,7 @@ class DragEditPoints(io.ComfyNode):
         height, width = image.shape[1:3]
         try:
             parsed = kpoints.parse_points_json(points_json, INPUT)
-        except ValueError as err:
+        except ArgumentError as err:
             raise _input_error(err) from None
         if not parsed.pairs:
             # Not an error yet: the first run is how the canvas gets its image. Consumers are blocked with the fix.
@@ -103,7 +105,7 @@ class DragEditPoints(io.ComfyNode):
             points = kpoints.points_for_image(parsed, (width, height), INPUT)
             offset_x, offset_y = points.move_offset()
             scale = points.move_scale()
-        except ValueError as err:
+        except ArgumentError as err:
             raise _input_error(err) from None
         region, given = _editable_region(mask, height, width)
         shown = preview.draw_drag(image, points.handles, points.targets, mask=region if given else None)

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from comfyui_dragedit.kernels import points as P
+from comfyui_dragedit.kernels.errors import ArgumentError
 
 
 def canvas_json(pairs, size=(512, 384), version=1):
@@ -50,11 +51,16 @@ def test_list_of_four_number_pairs_is_accepted():
     (canvas_json([[1, 2, 512, 4]]), "target (512, 4) of pair 1 is outside the 512x384 image"),
     (canvas_json([[1, -1, 5, 4]]), "handle (1, -1) of pair 1 is outside"),
     (canvas_json([[1, 2, 3, 1e999]]), "not a finite number"),
+    (canvas_json([[1, 2, 3, 4]], version=True), "version true"),
+    ("[" * 100000, "nested too deeply"),
+    ("[" * 5000 + "]" * 5000, "nested too deeply"),
+    (f"[[{'9' * 400}, 1, 2, 3]]", "holds 9999999999999999999999999999999999999999..., not a finite number"),
+    (f"[[{'9' * 5000}, 1, 2, 3]]", "holds a number longer than"),
 ])
 def test_malformed_input_raises_value_error_naming_the_argument(text, words):
-    with pytest.raises(ValueError, match="^points_json: ") as err:
+    with pytest.raises(ArgumentError, match="^points_json: ") as err:
         P.parse_points_json(text)
-    assert words in str(err.value)
+    assert err.value.argument == "points_json" and words in err.value.detail
 
 
 def test_the_argument_name_is_the_callers():
