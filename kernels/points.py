@@ -36,12 +36,20 @@ def _fmt(v: float) -> str:
     return f"{v:g}"
 
 
+def _json_type(value) -> str:
+    """What a parsed JSON value is, in JSON's words (a message never says NoneType or dict)."""
+    for kind, word in ((bool, "boolean"), (dict, "object"), (list, "array"), (str, "string"), ((int, float), "number")):
+        if isinstance(value, kind):
+            return word
+    return "null" if value is None else type(value).__name__
+
+
 def _shown(value, limit: int = 40) -> str:
     """A JSON value as a message quotes it: short, whatever its size or depth."""
     try:
         text = json.dumps(value)
     except (RecursionError, ValueError):
-        text = f"a {type(value).__name__} too deep or long to quote"
+        text = f"a JSON {_json_type(value)} too deep or long to quote"
     return text if len(text) <= limit else text[:limit] + "..."
 
 
@@ -110,7 +118,7 @@ def parse_points_json(text: str, name: str = "points_json") -> ParsedPoints:
     An empty pair list is legal here: the canvas starts that way.
     """
     if not isinstance(text, str):
-        raise ArgumentError(name, f"expected a JSON string, got {type(text).__name__}")
+        raise ArgumentError(name, "expected a JSON text, got " + ("nothing" if text is None else type(text).__name__))
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
@@ -124,7 +132,7 @@ def parse_points_json(text: str, name: str = "points_json") -> ParsedPoints:
     elif isinstance(data, list):
         rows, size = _pairs_from_list(data, name), None
     else:
-        raise ArgumentError(name, f"is a JSON {type(data).__name__}; expected an object with \"pairs\" or a list")
+        raise ArgumentError(name, f"is a JSON {_json_type(data)}; expected an object with \"pairs\" or a list")
     pairs = tuple(tuple(_number(v, name, f"pair {k}") for v in row) for k, row in enumerate(rows, 1))
     if size is not None:
         _check_inside(pairs, size, name)
