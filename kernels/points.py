@@ -140,8 +140,15 @@ def parse_points_json(text: str, name: str = "points_json") -> ParsedPoints:
 
 
 def _scale_pairs(pairs, size: Size, new_size: Size) -> Tuple[Pair, ...]:
+    """x' = x * W' / W per axis; a point inside [0, W) stays inside [0, W') (the product can round up to W')."""
     sx, sy = new_size[0] / size[0], new_size[1] / size[1]
-    return tuple((hx * sx, hy * sy, tx * sx, ty * sy) for hx, hy, tx, ty in pairs)
+    last_x, last_y = math.nextafter(new_size[0], 0), math.nextafter(new_size[1], 0)
+
+    def scale(v, ratio, last, limit):
+        return min(v * ratio, last) if v < limit else v * ratio
+
+    return tuple((scale(hx, sx, last_x, size[0]), scale(hy, sy, last_y, size[1]), scale(tx, sx, last_x, size[0]),
+                  scale(ty, sy, last_y, size[1])) for hx, hy, tx, ty in pairs)
 
 
 @dataclass(frozen=True)

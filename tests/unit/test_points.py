@@ -1,5 +1,6 @@
 """DragPoints: the canvas JSON, API lists, bounds, rescaling, grid scaling and the move arrow (style.md §4.3, §4.7)."""
 import json
+import math
 
 import pytest
 import torch
@@ -139,6 +140,14 @@ def test_scaled_to_a_grid_is_the_size_ratio_and_stays_half_open():
     assert torch.allclose(handles, torch.tensor([[0.0, 0.0], [32.0, 24.0]], dtype=torch.float64))
     assert torch.allclose(targets, torch.tensor([[511 / 8, 383 / 8], [12.5, 6.25]], dtype=torch.float64))
     assert (targets[:, 0] < 64).all() and (targets[:, 1] < 48).all()
+
+
+@pytest.mark.parametrize("width", [246, 37, 1000])
+def test_a_point_at_the_last_sub_pixel_stays_inside_when_rescaled(width):
+    """246 * nextafter(246) / 246 rounds to 64.0 in floats: the rescaled point must still be inside the image."""
+    x = math.nextafter(width, 0)
+    points = P.points_for_image(P.ParsedPoints(((x, 0.0, 0.0, 0.0),), (width, 10)), (64, 64))
+    assert 63 < points.pairs[0][0] < 64
 
 
 def test_resized_maps_back_within_one_pixel():
