@@ -72,7 +72,8 @@ def _inputs(node, **given):
 
 def _features(nodes, model, which):
     node = nodes.features
-    presets = node.GET_NODE_INFO_V1()["input"]["required"]["preset"][0]
+    spec = node.GET_NODE_INFO_V1()["input"]["required"]["preset"]
+    presets = spec[0] if isinstance(spec[0], list) else spec[1]["options"]
     preset = next(p for p in presets if p.startswith(which))
     return run_node(node, **_inputs(node, model=model, preset=preset)).result[0]
 

@@ -5,7 +5,9 @@ kernels check (aldd, energy). Every change of grid is a plain size ratio, x' = x
 half-open range: one rule for latent grids, feature grids and images resized upstream of the node.
 
 The canvas writes `{"version": 1, "image_size": [W, H], "pairs": [[hx, hy, tx, ty], ...]}`; a pair of two numbers
-is a handle still waiting for its target. API users may also send a flat list `[[hx, hy], [tx, ty], ...]`
+is a handle still waiting for its target. An optional `"mask_rle": [n0, n1, n0, ...]` is the editable region
+painted on the canvas: run lengths of 0s and 1s, alternating and starting with 0s, over the W x H grid in
+row-major order. API users may also send a flat list `[[hx, hy], [tx, ty], ...]`
 (DragBench's `points`, handles and targets alternating) or a list of [hx, hy, tx, ty]; those carry no size,
 so their coordinates are taken in the pixels of whatever image reaches the node.
 """
@@ -27,9 +29,11 @@ Size = Tuple[int, int]
 
 
 class ParsedPoints(NamedTuple):
-    """The JSON read and checked on its own: `pairs` may be empty; `image_size` (W, H) is None when unknown."""
+    """The JSON read and checked on its own: `pairs` may be empty; `image_size` (W, H) is None when unknown;
+    `mask` is the painted editable region, float32 [H, W] in {0, 1} on the image_size grid, or None."""
     pairs: Tuple[Pair, ...]
     image_size: Optional[Size]
+    mask: Optional[torch.Tensor] = None
 
 
 def _fmt(v: float) -> str:
@@ -82,6 +86,19 @@ def _size(value, name: str) -> Optional[Size]:
     return None if value == [0, 0] else (value[0], value[1])
 
 
+def _mask_from_runs(runs, size: Optional[Size], name: str) -> torch.Tensor:
+    if size is None:
+        raise ArgumentError(name, "mask_rle needs the image_size it was painted on")
+    if not isinstance(runs, list) or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in runs):
+        raise ArgumentError(name, "mask_rle must be a list of run lengths (whole numbers >= 0)")
+    width, height = size
+    if sum(runs) != width * height:
+        raise ArgumentError(name, f"mask_rle covers {sum(runs)} pixels; the {width}x{height} image has {width * height}")
+    values = torch.arange(len(runs)) % 2
+    flat = torch.repeat_interleave(values, torch.tensor(runs, dtype=torch.long))
+    return flat.reshape(height, width).to(torch.float32)
+
+
 def _pairs_from_dict(data: dict, name: str) -> Tuple[list, Optional[Size]]:
     version = data.get("version", FORMAT_VERSION)
     if isinstance(version, bool) or version != FORMAT_VERSION:
@@ -127,8 +144,11 @@ def parse_points_json(text: str, name: str = "points_json") -> ParsedPoints:
         raise ArgumentError(name, "is nested too deeply: a pair is one list of four numbers") from None
     except ValueError:   # an integer past Python's digit limit for str -> int
         raise ArgumentError(name, f"holds a number longer than {sys.get_int_max_str_digits()} digits") from None
+    mask = None
     if isinstance(data, dict):
         rows, size = _pairs_from_dict(data, name)
+        if "mask_rle" in data:
+            mask = _mask_from_runs(data["mask_rle"], size, name)
     elif isinstance(data, list):
         rows, size = _pairs_from_list(data, name), None
     else:
@@ -136,7 +156,7 @@ def parse_points_json(text: str, name: str = "points_json") -> ParsedPoints:
     pairs = tuple(tuple(_number(v, name, f"pair {k}") for v in row) for k, row in enumerate(rows, 1))
     if size is not None:
         _check_inside(pairs, size, name)
-    return ParsedPoints(pairs, size)
+    return ParsedPoints(pairs, size, mask)
 
 
 def _scale_pairs(pairs, size: Size, new_size: Size) -> Tuple[Pair, ...]:
@@ -179,8 +199,8 @@ class DragPoints:
         """From [N, 2] (x, y) tensors, e.g. the handles where a drag ended up."""
         h, t = (torch.as_tensor(p, dtype=torch.float64).detach().cpu() for p in (handles, targets))
         if h.dim() != 2 or h.shape[1] != 2 or h.shape != t.shape:
-            raise ArgumentError("handles", f"expected two [N, 2] tensors (handles, targets), got {tuple(h.shape)} and "
-                                           f"{tuple(t.shape)}")
+            raise ArgumentError("handles, targets", f"expected two [N, 2] tensors, got {tuple(h.shape)} and "
+                                f"{tuple(t.shape)}")
         return cls(tuple(tuple(row) for row in torch.cat([h, t], dim=1).tolist()), tuple(image_size))
 
     def __len__(self) -> int:
@@ -235,6 +255,17 @@ class DragPoints:
             raise ArgumentError("pairs", "the second target lies on the first, which would shrink the object to "
                              "nothing; move it, or delete the second pair")
         return scale
+
+
+def painted_region(parsed: ParsedPoints, image_size: Size) -> Optional[torch.Tensor]:
+    """The painted mask on the actual W x H image (nearest-neighbour when it was painted at another size, as the
+    points follow the size ratio), float32 [H, W]; None when nothing is painted."""
+    if parsed.mask is None or not bool(parsed.mask.any()):
+        return None
+    width, height = image_size
+    if parsed.mask.shape == (height, width):
+        return parsed.mask
+    return torch.nn.functional.interpolate(parsed.mask[None, None], size=(height, width), mode="nearest")[0, 0]
 
 
 def points_for_image(parsed: ParsedPoints, image_size: Size, name: str = "points_json") -> DragPoints:

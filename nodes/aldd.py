@@ -11,7 +11,7 @@ from . import host, types
 from .errors import DragEditInputError, DragEditNode, from_argument
 
 NAME = "GoodDrag AlDD Drag Scheduler"
-PRESETS = {"gooddrag": aldd.GOODDRAG, "dragdiffusion": aldd.DRAGDIFFUSION}
+PRESETS = {"gooddrag": aldd.GOODDRAG, "gooddrag fast": aldd.GOODDRAG_FAST, "dragdiffusion": aldd.DRAGDIFFUSION}
 CUSTOM = "custom"
 DEFAULTS = aldd.GOODDRAG.settings
 LABELS = {   # input -> the name the node shows, used in its errors too
@@ -72,10 +72,14 @@ class DragEditAlDDScheduler(DragEditNode):
                                                          "preset 'GoodDrag / DragDiffusion' (output 8, H/2)."),
                 io.Combo.Input("preset", options=[*PRESETS, CUSTOM], default=next(iter(PRESETS)),
                                tooltip="gooddrag: T2 7, B 10, J 3, lr 0.02, early stop 5 (bench values), tracking "
-                                       "after each drag, MasaCtrl once dragging ends. dragdiffusion: one timestep "
-                                       "(T2 1) of 80 single-step drags, lr 0.01, no early stop, tracking before "
-                                       "each step, MasaCtrl on every step. custom: the widgets below, with the "
-                                       "tracking and MasaCtrl switches of the motion variant's method."),
+                                       "after each drag, MasaCtrl once dragging ends; the official code fits an "
+                                       "Identity LoRA first (70 steps: connect one to the model). gooddrag fast: "
+                                       "T2 4, B 5, J 2, lr 0.03 (40 gradient steps instead of 210), for 25 DDIM "
+                                       "steps. dragdiffusion: one timestep (T2 1) of 80 single-step drags, lr 0.01, "
+                                       "no early stop, tracking before each step, MasaCtrl on every step; expects "
+                                       "the Identity LoRA (80 steps), without which its paper reports a large MD "
+                                       "increase. custom: the widgets below, with the tracking and MasaCtrl "
+                                       "switches of the motion variant's method."),
                 io.Int.Input("drag_steps", display_name=LABELS["drag_steps"], default=DEFAULTS.drag_steps, min=1,
                              max=1000, tooltip="custom: timesteps with dragging, from the first inverted one "
                                                "(GoodDrag 7: t=741..621; DragDiffusion 1). At most the inverted "

@@ -30,7 +30,9 @@ class DragEditDDIMInversion(DragEditNode):
                 io.Conditioning.Input("positive", tooltip="Text conditioning for the inversion: the prompt used "
                                       "for editing too (GoodDrag: empty prompt; DragonDiffusion: a short caption)."),
                 io.Int.Input("steps", default=50, min=2, max=1000,
-                             tooltip="DDIM steps of the full schedule (papers: 50, t = 981..1)."),
+                             tooltip="DDIM steps of the full schedule (papers: 50, t = 981..1). The edit nodes follow "
+                                     "the bank's steps and rescale the papers' step indices: 25 is the fast preset "
+                                     "(about half the time)."),
                 io.Float.Input("strength", default=1.0, min=0.02, max=1.0, step=0.01,
                                tooltip="Fraction of the schedule to invert: 1.0 for DragonDiffusion, 0.75 for "
                                        "GoodDrag (t=741 of 50 steps), 0.7 for DragDiffusion (t=681)."),

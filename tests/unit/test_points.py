@@ -178,3 +178,48 @@ def test_second_pair_sets_the_scale_as_the_ratio_of_spans():
 def test_degenerate_scale_raises(pairs, words):
     with pytest.raises(ValueError, match=words):
         P.DragPoints(pairs, (64, 64)).move_scale()
+
+
+def _runs(mask):
+    """Run lengths of 0s and 1s over a 0/1 array in row-major order, starting with 0s (the canvas's mask_rle)."""
+    flat = [int(v) for v in mask.flatten().tolist()]
+    runs, value, run = [], 0, 0
+    for bit in flat:
+        if bit == value:
+            run += 1
+        else:
+            runs.append(run)
+            value, run = bit, 1
+    return runs + [run]
+
+
+def test_painted_mask_decodes_to_its_pixels_row_major():
+    painted = torch.zeros(3, 4)
+    painted[0, 3] = painted[1, 0] = painted[1, 1] = painted[2, 2] = 1
+    text = json.dumps({"version": 1, "image_size": [4, 3], "pairs": [], "mask_rle": _runs(painted)})
+    parsed = P.parse_points_json(text)
+    assert _runs(painted) == [3, 3, 4, 1, 1]
+    assert torch.equal(parsed.mask, painted)
+    assert P.painted_region(parsed, (4, 3)) is parsed.mask
+
+
+def test_painted_mask_follows_the_image_size_nearest_and_empty_is_none():
+    painted = torch.zeros(2, 2)
+    painted[0, 1] = 1
+    parsed = P.parse_points_json(json.dumps({"image_size": [2, 2], "pairs": [], "mask_rle": _runs(painted)}))
+    region = P.painted_region(parsed, (4, 4))
+    assert region.shape == (4, 4) and region[:2, 2:].eq(1).all() and region.sum() == 4
+    empty = P.parse_points_json(json.dumps({"image_size": [2, 2], "pairs": [], "mask_rle": [4]}))
+    assert P.painted_region(empty, (2, 2)) is None
+    assert P.parse_points_json(json.dumps({"image_size": [2, 2], "pairs": []})).mask is None
+
+
+@pytest.mark.parametrize("extra, words", [
+    ({"image_size": [0, 0], "mask_rle": [4]}, "needs the image_size"),
+    ({"image_size": [2, 2], "mask_rle": [3]}, "covers 3 pixels"),
+    ({"image_size": [2, 2], "mask_rle": [2, -1, 3]}, "run lengths"),
+    ({"image_size": [2, 2], "mask_rle": "4"}, "run lengths"),
+])
+def test_malformed_mask_raises_naming_the_argument(extra, words):
+    with pytest.raises(ValueError, match=f"points_json: .*{words}"):
+        P.parse_points_json(json.dumps({"version": 1, "pairs": [], **extra}))
