@@ -693,8 +693,9 @@ def _valid_points(draw):
     form = draw(st.sampled_from(["canvas", "canvas, unknown size", "flat list", "list of pairs"]))
     size = draw(st.sampled_from([(SIDE, SIDE), (128, 96), (37, 200)])) if form == "canvas" else (SIDE, SIDE)
 
-    def coordinate(limit):
-        return st.one_of(st.integers(0, limit - 1), st.floats(0, limit, exclude_max=True))
+    def coordinate(limit):   # the last sub-pixel too: rescaled, it must not round onto the edge
+        return st.one_of(st.integers(0, limit - 1), st.floats(0, limit, exclude_max=True),
+                         st.just(math.nextafter(limit, 0)))
 
     pair = st.tuples(coordinate(size[0]), coordinate(size[1]), coordinate(size[0]), coordinate(size[1]))
     pairs = draw(st.lists(pair, min_size=0 if form.startswith("canvas") else 1, max_size=3))
