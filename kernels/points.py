@@ -13,6 +13,7 @@ so their coordinates are taken in the pixels of whatever image reaches the node.
 """
 import json
 import math
+import sys
 from dataclasses import dataclass
 from typing import NamedTuple, Optional, Tuple
 
@@ -39,26 +40,49 @@ def _fmt(v: float) -> str:
     return f"{v:g}"
 
 
+def _json_type(value) -> str:
+    """What a parsed JSON value is, in JSON's words (a message never says NoneType or dict)."""
+    for kind, word in ((bool, "boolean"), (dict, "object"), (list, "array"), (str, "string"), ((int, float), "number")):
+        if isinstance(value, kind):
+            return word
+    return "null" if value is None else type(value).__name__
+
+
+def _shown(value, limit: int = 40) -> str:
+    """A JSON value as a message quotes it: short, whatever its size or depth."""
+    try:
+        text = json.dumps(value)
+    except (RecursionError, ValueError):
+        text = f"a JSON {_json_type(value)} too deep or long to quote"
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def _check_inside(pairs, size: Size, name: str) -> None:
     width, height = size
     for k, pair in enumerate(pairs, 1):
         for role, (x, y) in (("handle", pair[:2]), ("target", pair[2:])):
             if not (0 <= x < width and 0 <= y < height):
-                raise ArgumentError(name, f"{role} ({_fmt(x)}, {_fmt(y)}) of pair {k} is outside the {width}x{height} "
-                                 f"image (x must be in 0..{width - 1}, y in 0..{height - 1})")
+                raise ArgumentError(name, f"{role} ({_fmt(x)}, {_fmt(y)}) of pair {k} is outside the "
+                                          f"{width}x{height} image (x must be in 0..{width - 1}, y in 0..{height - 1})")
 
 
 def _number(value, name: str, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ArgumentError(name, f"{where} holds {json.dumps(value)}, not a finite number")
-    return float(value)
+    number = math.nan
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            number = float(value)
+        except OverflowError:   # an integer beyond float's range
+            pass
+    if not math.isfinite(number):
+        raise ArgumentError(name, f"{where} holds {_shown(value)}, not a finite number")
+    return number
 
 
 def _size(value, name: str) -> Optional[Size]:
     ok = (isinstance(value, list) and len(value) == 2
           and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value))
     if not ok or (0 in value and value != [0, 0]):
-        raise ArgumentError(name, f"image_size is {json.dumps(value)}; expected [W, H] in pixels, or [0, 0] if unknown")
+        raise ArgumentError(name, f"image_size is {_shown(value)}; expected [W, H] in pixels, or [0, 0] if unknown")
     return None if value == [0, 0] else (value[0], value[1])
 
 
@@ -77,17 +101,17 @@ def _mask_from_runs(runs, size: Optional[Size], name: str) -> torch.Tensor:
 
 def _pairs_from_dict(data: dict, name: str) -> Tuple[list, Optional[Size]]:
     version = data.get("version", FORMAT_VERSION)
-    if version != FORMAT_VERSION:
-        raise ArgumentError(name, f"has version {json.dumps(version)}; this DragEdit reads version {FORMAT_VERSION}")
+    if isinstance(version, bool) or version != FORMAT_VERSION:
+        raise ArgumentError(name, f"has version {_shown(version)}; this DragEdit reads version {FORMAT_VERSION}")
     if not isinstance(data.get("pairs"), list):
-        raise ArgumentError(name, 'has no "pairs" list')
+        raise ArgumentError(name, "has no \"pairs\" list")
     size = _size(data.get("image_size", [0, 0]), name)
     rows = data["pairs"]
     for k, row in enumerate(rows, 1):
         if isinstance(row, list) and len(row) == 2:
             raise ArgumentError(name, f"pair {k} has a handle but no target")
         if not isinstance(row, list) or len(row) != 4:
-            raise ArgumentError(name, f"pair {k} is {json.dumps(row)}; expected [hx, hy, tx, ty]")
+            raise ArgumentError(name, f"pair {k} is {_shown(row)}; expected [hx, hy, tx, ty]")
     return rows, size
 
 
@@ -96,26 +120,30 @@ def _pairs_from_list(rows: list, name: str) -> list:
     if lengths in (set(), {4}):
         return rows
     if lengths != {2}:
-        raise ArgumentError(name, f"a list must hold only [x, y] points (handle, target, handle, ...) or only "
-                         f"[hx, hy, tx, ty] pairs")
+        raise ArgumentError(name, "a list must hold only [x, y] points (handle, target, handle, ...) or only "
+                                  "[hx, hy, tx, ty] pairs")
     if len(rows) % 2:
         raise ArgumentError(name, f"has {len(rows)} points; handles and targets alternate, so there must be as "
-                         f"many targets as handles (an even count)")
+                                  f"many targets as handles (an even count)")
     return [rows[i] + rows[i + 1] for i in range(0, len(rows), 2)]
 
 
 def parse_points_json(text: str, name: str = "points_json") -> ParsedPoints:
-    """Read the canvas JSON (or an API user's list); ArgumentError (a ValueError) naming `name` for anything malformed.
+    """Read the canvas JSON (or an API user's list); ArgumentError naming `name` for anything malformed.
 
     Checks syntax, structure, numbers and, when the JSON states its image size, that every point is inside it.
     An empty pair list is legal here: the canvas starts that way.
     """
     if not isinstance(text, str):
-        raise ArgumentError(name, f"expected a JSON string, got {type(text).__name__}")
+        raise ArgumentError(name, "expected a JSON text, got " + ("nothing" if text is None else type(text).__name__))
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
         raise ArgumentError(name, f"is not valid JSON ({err.msg} at line {err.lineno}, column {err.colno})") from None
+    except RecursionError:
+        raise ArgumentError(name, "is nested too deeply: a pair is one list of four numbers") from None
+    except ValueError:   # an integer past Python's digit limit for str -> int
+        raise ArgumentError(name, f"holds a number longer than {sys.get_int_max_str_digits()} digits") from None
     mask = None
     if isinstance(data, dict):
         rows, size = _pairs_from_dict(data, name)
@@ -124,7 +152,7 @@ def parse_points_json(text: str, name: str = "points_json") -> ParsedPoints:
     elif isinstance(data, list):
         rows, size = _pairs_from_list(data, name), None
     else:
-        raise ArgumentError(name, f"is a JSON {type(data).__name__}; expected an object with \"pairs\" or a list")
+        raise ArgumentError(name, f"is a JSON {_json_type(data)}; expected an object with \"pairs\" or a list")
     pairs = tuple(tuple(_number(v, name, f"pair {k}") for v in row) for k, row in enumerate(rows, 1))
     if size is not None:
         _check_inside(pairs, size, name)
@@ -132,8 +160,15 @@ def parse_points_json(text: str, name: str = "points_json") -> ParsedPoints:
 
 
 def _scale_pairs(pairs, size: Size, new_size: Size) -> Tuple[Pair, ...]:
+    """x' = x * W' / W per axis; a point inside [0, W) stays inside [0, W') (the product can round up to W')."""
     sx, sy = new_size[0] / size[0], new_size[1] / size[1]
-    return tuple((hx * sx, hy * sy, tx * sx, ty * sy) for hx, hy, tx, ty in pairs)
+    last_x, last_y = math.nextafter(new_size[0], 0), math.nextafter(new_size[1], 0)
+
+    def scale(v, ratio, last, limit):
+        return min(v * ratio, last) if v < limit else v * ratio
+
+    return tuple((scale(hx, sx, last_x, size[0]), scale(hy, sy, last_y, size[1]), scale(tx, sx, last_x, size[0]),
+                  scale(ty, sy, last_y, size[1])) for hx, hy, tx, ty in pairs)
 
 
 @dataclass(frozen=True)

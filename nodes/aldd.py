@@ -14,6 +14,12 @@ NAME = "GoodDrag AlDD Drag Scheduler"
 PRESETS = {"gooddrag": aldd.GOODDRAG, "gooddrag fast": aldd.GOODDRAG_FAST, "dragdiffusion": aldd.DRAGDIFFUSION}
 CUSTOM = "custom"
 DEFAULTS = aldd.GOODDRAG.settings
+LABELS = {   # input -> the name the node shows, used in its errors too
+    "drag_steps": "drag_steps (T2)",
+    "drags_per_step": "drags_per_step (B)",
+    "grad_steps_per_drag": "grad_steps_per_drag (J)",
+    "max_no_change": "early stop",
+}
 
 
 def _settings(preset, variant, strength, numbers):
@@ -24,7 +30,8 @@ def _settings(preset, variant, strength, numbers):
     try:
         return dataclasses.replace(PRESETS[variant].settings, strength=strength, **numbers)
     except ArgumentError as err:
-        raise from_argument(NAME, err, fix="Use a positive value (GoodDrag: lr 0.02, DragDiffusion: lr 0.01)") from None
+        raise from_argument(NAME, err, LABELS,
+                            fix="Use a positive value (GoodDrag: lr 0.02, DragDiffusion: lr 0.01)") from None
 
 
 def _check_points(points, bank):
@@ -73,23 +80,25 @@ class DragEditAlDDScheduler(DragEditNode):
                                        "the Identity LoRA (80 steps), without which its paper reports a large MD "
                                        "increase. custom: the widgets below, with the tracking and MasaCtrl "
                                        "switches of the motion variant's method."),
-                io.Int.Input("drag_steps", display_name="drag_steps (T2)", default=DEFAULTS.drag_steps, min=1,
+                io.Int.Input("drag_steps", display_name=LABELS["drag_steps"], default=DEFAULTS.drag_steps, min=1,
                              max=1000, tooltip="custom: timesteps with dragging, from the first inverted one "
                                                "(GoodDrag 7: t=741..621; DragDiffusion 1). At most the inverted "
                                                "steps; GoodDrag's README keeps it below 12."),
-                io.Int.Input("drags_per_step", display_name="drags_per_step (B)", default=DEFAULTS.drags_per_step,
-                             min=1, max=1000, tooltip="custom: drags (each followed by point tracking) per "
-                                                      "timestep before its DDIM step. GoodDrag 10, DragDiffusion 80."),
-                io.Int.Input("grad_steps_per_drag", display_name="grad_steps_per_drag (J)",
+                io.Int.Input("drags_per_step", display_name=LABELS["drags_per_step"],
+                             default=DEFAULTS.drags_per_step, min=1, max=1000,
+                             tooltip="custom: drags (each followed by point tracking) per timestep before its DDIM "
+                                     "step. GoodDrag 10, DragDiffusion 80."),
+                io.Int.Input("grad_steps_per_drag", display_name=LABELS["grad_steps_per_drag"],
                              default=DEFAULTS.grad_steps_per_drag, min=1, max=100,
                              tooltip="custom: Adam steps on the latent per drag. GoodDrag 3, DragDiffusion 1. "
                                      "T2·B·J UNet forward+backward passes at most (GoodDrag 210)."),
-                io.Float.Input("lr", default=DEFAULTS.lr, min=0.0, max=1.0, step=0.001,
+                io.Float.Input("lr", default=DEFAULTS.lr, min=0.001, max=1.0, step=0.001,
                                tooltip="custom: Adam learning rate on the VP latent; a fresh Adam per timestep. "
                                        "GoodDrag 0.02, DragDiffusion 0.01; its README keeps it below 0.05."),
-                io.Int.Input("max_no_change", display_name="early stop", default=DEFAULTS.max_no_change, min=0,
-                             max=1000, tooltip="custom: stop dragging after this many trackings in a row (across "
-                                               "timesteps) moved no handle; 0 = never. GoodDrag bench 5 (UI 10)."),
+                io.Int.Input("max_no_change", display_name=LABELS["max_no_change"], default=DEFAULTS.max_no_change,
+                             min=0, max=1000,
+                             tooltip="custom: stop dragging after this many trackings in a row (across timesteps) "
+                                     "moved no handle; 0 = never. GoodDrag bench 5 (UI 10)."),
                 io.Combo.Input("masactrl_layers", options=[host.MASACTRL_BY_RESOLUTION, host.MASACTRL_WHOLE_DECODER],
                                default=host.MASACTRL_BY_RESOLUTION,
                                tooltip="Which decoder self-attentions read the source during the denoising "
@@ -150,8 +159,8 @@ class DragEditAlDDScheduler(DragEditNode):
             left = len(memory_bank.timesteps)
             more = "invert more steps (DDIM Inversion strength 0.75 of 50 steps leaves 38)"
             if preset == CUSTOM:
-                raise DragEditInputError(NAME, "drag_steps", f"is {drag_steps} but the memory bank holds only "
-                                         f"{left} inverted steps", f"Use at most {left}, or {more}") from None
+                raise DragEditInputError(NAME, LABELS["drag_steps"], f"is {drag_steps} but the memory bank holds "
+                                         f"only {left} inverted steps", f"Use at most {left}, or {more}") from None
             raise DragEditInputError(NAME, "memory_bank", f"holds {left} inverted steps, fewer than the {preset} "
                                      f"preset's {settings.drag_steps} drag timesteps", more.capitalize()) from None
         editable = None if mask is None else mask.reshape(-1, *mask.shape[-2:])[:1].clone()

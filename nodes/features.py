@@ -5,7 +5,7 @@ from comfy_api.latest import io, ui
 from ..kernels import features
 from ..kernels.errors import ArgumentError
 from . import host, types
-from .errors import DragEditInputError, DragEditNode
+from .errors import DragEditInputError, DragEditNode, from_argument
 
 NAME = "Drag Feature Extractor (DragonDiffusion, GoodDrag)"
 PRESETS = {   # preset -> the family's features
@@ -35,9 +35,11 @@ def parse_custom_tap(blocks: str, weights: str, resize: str, scale: float, fam: 
         return features.FeatureTap(blocks=block_ids, modes=(resize,) * len(block_ids), scale=scale,
                                    weights=weight_list, family=fam.name)
     except ArgumentError as err:
-        name = {"modes": "resize"}.get(err.argument, err.argument)
-        raise DragEditInputError(NAME, name, err.detail, "Give one finite weight >= 0 per block, or leave weights "
-                                 "empty for the method's own") from None
+        raise from_argument(NAME, err, {"modes": "resize"}, {
+            "blocks": f"Write each {fam.name} output block once, e.g. {', '.join(map(str, fam.dragon_taps))}",
+            "modes": f"Choose one of {', '.join(features.RESIZE_MODES)}",
+            "weights": "Give one finite weight >= 0 per block, or leave weights empty for the method's own",
+        }) from None
 
 
 class DragEditFeatureExtractor(DragEditNode):

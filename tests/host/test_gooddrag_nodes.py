@@ -186,7 +186,7 @@ def test_a_preview_image_of_another_size_is_refused(nodes_, sd15, bank, cond):
 
 def test_more_drag_timesteps_than_inverted_steps_are_refused(nodes_, sd15, bank, cond):
     err = _error(lambda: schedule(nodes_, sd15[0], bank, cond, points((1.0, 2.0, 30.0, 4.0)), drag_steps=9))
-    assert str(err).startswith("DragEdit GoodDrag AlDD Drag Scheduler: input 'drag_steps' is 9 but the memory bank holds "
+    assert str(err).startswith("DragEdit GoodDrag AlDD Drag Scheduler: input 'drag_steps (T2)' is 9 but the memory bank holds "
                                "only 8 inverted steps")
     short = dataclasses.replace(bank, timesteps=bank.timesteps[-5:])
     err = _error(lambda: schedule(nodes_, sd15[0], short, cond, points((1.0, 2.0, 30.0, 4.0)), preset="gooddrag"))

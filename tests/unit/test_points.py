@@ -1,10 +1,12 @@
 """DragPoints: the canvas JSON, API lists, bounds, rescaling, grid scaling and the move arrow (style.md §4.3, §4.7)."""
 import json
+import math
 
 import pytest
 import torch
 
 from comfyui_dragedit.kernels import points as P
+from comfyui_dragedit.kernels.errors import ArgumentError
 
 
 def canvas_json(pairs, size=(512, 384), version=1):
@@ -38,7 +40,9 @@ def test_list_of_four_number_pairs_is_accepted():
     ("", "is not valid JSON"),
     ("[[1, 2], [3, 4], [5, 6]]", "3 points"),
     ("[[1, 2], [3, 4, 5, 6]]", "only [x, y] points"),
-    ('"hello"', "is a JSON str"),
+    ('"hello"', "is a JSON string"),
+    ("null", "is a JSON null"),
+    ("12", "is a JSON number"),
     (canvas_json([[1, 2]]), "pair 1 has a handle but no target"),
     (canvas_json([[1, 2, 3]]), "pair 1 is [1, 2, 3]"),
     (canvas_json([[1, 2, 3, "x"]]), 'pair 1 holds "x"'),
@@ -50,11 +54,16 @@ def test_list_of_four_number_pairs_is_accepted():
     (canvas_json([[1, 2, 512, 4]]), "target (512, 4) of pair 1 is outside the 512x384 image"),
     (canvas_json([[1, -1, 5, 4]]), "handle (1, -1) of pair 1 is outside"),
     (canvas_json([[1, 2, 3, 1e999]]), "not a finite number"),
+    (canvas_json([[1, 2, 3, 4]], version=True), "version true"),
+    ("[" * 100000, "nested too deeply"),
+    ("[" * 5000 + "]" * 5000, "nested too deeply"),
+    (f"[[{'9' * 400}, 1, 2, 3]]", "holds 9999999999999999999999999999999999999999..., not a finite number"),
+    (f"[[{'9' * 5000}, 1, 2, 3]]", "holds a number longer than"),
 ])
 def test_malformed_input_raises_value_error_naming_the_argument(text, words):
-    with pytest.raises(ValueError, match="^points_json: ") as err:
+    with pytest.raises(ArgumentError, match="^points_json: ") as err:
         P.parse_points_json(text)
-    assert words in str(err.value)
+    assert err.value.argument == "points_json" and words in err.value.detail
 
 
 def test_the_argument_name_is_the_callers():
@@ -131,6 +140,14 @@ def test_scaled_to_a_grid_is_the_size_ratio_and_stays_half_open():
     assert torch.allclose(handles, torch.tensor([[0.0, 0.0], [32.0, 24.0]], dtype=torch.float64))
     assert torch.allclose(targets, torch.tensor([[511 / 8, 383 / 8], [12.5, 6.25]], dtype=torch.float64))
     assert (targets[:, 0] < 64).all() and (targets[:, 1] < 48).all()
+
+
+@pytest.mark.parametrize("width", [246, 37, 1000])
+def test_a_point_at_the_last_sub_pixel_stays_inside_when_rescaled(width):
+    """246 * nextafter(246) / 246 rounds to 64.0 in floats: the rescaled point must still be inside the image."""
+    x = math.nextafter(width, 0)
+    points = P.points_for_image(P.ParsedPoints(((x, 0.0, 0.0, 0.0),), (width, 10)), (64, 64))
+    assert 63 < points.pairs[0][0] < 64
 
 
 def test_resized_maps_back_within_one_pixel():
