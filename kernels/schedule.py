@@ -11,6 +11,8 @@ import torch
 from .errors import ArgumentError
 
 NUM_TRAIN_TIMESTEPS = 1000
+# The most DDIM steps whose "leading" timesteps plus offset 1 stay inside the table (1000 steps would reach t=1000).
+MAX_DDIM_STEPS = NUM_TRAIN_TIMESTEPS - 1
 PREDICTION_TYPES = ("eps", "v")
 
 
@@ -64,8 +66,10 @@ def ddim_timesteps(num_steps: int, num_train_timesteps: int = NUM_TRAIN_TIMESTEP
     50 steps give 981, 961, ..., 21, 1 (dragondiffusion.md §0). Step i runs t_i -> t_i - ratio with
     ratio = num_train_timesteps // num_steps, which is `ddim_timesteps(...)[i + 1]`, or the final alpha_bar past 0.
     """
-    if not 1 <= num_steps <= num_train_timesteps:
-        raise ArgumentError("num_steps", f"must be in 1..{num_train_timesteps}, got {num_steps}")
+    most = num_train_timesteps - steps_offset
+    if not 1 <= num_steps <= most:
+        raise ArgumentError("num_steps", f"must be in 1..{most} (the last timestep must stay inside the "
+                                         f"{num_train_timesteps}-step table), got {num_steps}")
     ratio = num_train_timesteps // num_steps
     return [k * ratio + steps_offset for k in reversed(range(num_steps))]
 

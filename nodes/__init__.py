@@ -2,10 +2,10 @@
 from comfy_api.latest import ComfyExtension, io
 
 from . import (aldd, cross_attention, demo_model, energy_guidance, features, guided_sampler, inversion, motion, points,
-               tracker)
+               resolution, tracker)
 
-_MODULES = (demo_model, inversion, features, cross_attention, points, motion, tracker, aldd, energy_guidance,
-            guided_sampler)
+_MODULES = (demo_model, resolution, inversion, features, cross_attention, points, motion, tracker, aldd,
+            energy_guidance, guided_sampler)
 
 
 class DragEditExtension(ComfyExtension):

@@ -2,16 +2,19 @@
 from comfy_api.latest import io
 
 from ..kernels import motion
+from ..kernels.errors import ArgumentError
 from . import types
+from .errors import DragEditNode, from_argument
 
 NAME = "GoodDrag Motion Supervision"
+LABELS = {"lam": "lambda"}   # input -> the name the node shows, used in its errors too
 EMPTY_MASK = {
     "no region (no latent term)": False,
     "freeze all (GoodDrag code)": True,
 }
 
 
-class DragEditMotionSupervision(io.ComfyNode):
+class DragEditMotionSupervision(DragEditNode):
     @classmethod
     def define_schema(cls):
         spec = motion.GOODDRAG_MOTION
@@ -36,7 +39,7 @@ class DragEditMotionSupervision(io.ComfyNode):
                 io.Float.Input("beta", default=spec.beta, min=0.5, max=64.0, step=0.5,
                                tooltip="gooddrag only: the longest step per update, feature px (GoodDrag 4 = 8 "
                                        "image px). dragdiffusion always steps 1 px."),
-                io.Float.Input("lam", display_name="lambda", default=spec.lam, min=0.0, max=10.0, step=0.01,
+                io.Float.Input("lam", display_name=LABELS["lam"], default=spec.lam, min=0.0, max=10.0, step=0.01,
                                tooltip="Weight of the latent term λ·Σ|Δz_{t-1}·(1-mask)| that keeps the region "
                                        "outside the editable mask unchanged. GoodDrag bench 0.1 (its UI 0.2), "
                                        "DragDiffusion 0.1; 0 turns it off."),
@@ -51,8 +54,12 @@ class DragEditMotionSupervision(io.ComfyNode):
 
     @classmethod
     def execute(cls, variant, r1, beta, lam, empty_mask) -> io.NodeOutput:
-        return io.NodeOutput(motion.MotionSupervision(variant, r1=r1, beta=beta, lam=lam,
-                                                      regularize_empty_mask=EMPTY_MASK[empty_mask]))
+        try:
+            spec = motion.MotionSupervision(variant, r1=r1, beta=beta, lam=lam,
+                                            regularize_empty_mask=EMPTY_MASK[empty_mask])
+        except ArgumentError as err:
+            raise from_argument(NAME, err, LABELS) from None
+        return io.NodeOutput(spec)
 
 
 NODES = [DragEditMotionSupervision]

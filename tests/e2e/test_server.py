@@ -1,11 +1,10 @@
-"""A real ComfyUI server (main.py --cpu on loopback) loads the pack and runs every example workflow."""
-import math
+"""A real ComfyUI server (main.py --cpu on loopback) loads the pack, validates, reports failures and stops cleanly.
+
+The example workflows run from the real frontend in tests/browser/test_examples.py."""
 import re
 import shutil
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from tests.support import workflow
 from tests.support.pack import REPO
@@ -43,17 +42,6 @@ def run_example(server, path):
     return server.output_files(entry)
 
 
-@pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
-def test_example_workflow_runs_and_writes_an_image(comfy_server, path):
-    files = run_example(comfy_server, path)
-    saved = [f for f in files if f.parent.name == "output" or "output" in f.parts]
-    assert saved, f"{path.name} saved no image; outputs: {files}"
-    for f in saved:
-        with Image.open(f) as im:
-            assert im.size[0] >= 64 and im.size[1] >= 64
-            assert im.convert("L").getextrema()[0] < im.convert("L").getextrema()[1], f"{f} is a flat image"
-
-
 def test_the_harness_sees_a_node_that_raises(tmp_path):
     """Break the pack on purpose (every node raises) and check the harness reports the failure."""
     broken = tmp_path / PACK_DIR_NAME
@@ -80,12 +68,12 @@ def test_steps_below_two_are_refused_when_queued(comfy_server):
 
 
 def test_interrupt_stops_a_long_inversion_cleanly(comfy_server):
-    """POST /interrupt during a 1000-step inversion ends the prompt within seconds; the server keeps working."""
+    """POST /interrupt during a 999-step inversion (the most the node takes) ends the prompt within seconds; the server keeps working."""
     import time
 
     prompt = workflow.ui_to_api(workflow.load(REPO / "example_workflows" / "reconstruct.json"), comfy_server.object_info())
     inversion = next(k for k, v in prompt.items() if v["class_type"] == "DragEditDDIMInversion")
-    prompt[inversion]["inputs"]["steps"] = 1000
+    prompt[inversion]["inputs"]["steps"] = 999
     prompt_id = comfy_server.queue(prompt)
     time.sleep(4)
     comfy_server.request("/interrupt", {})
@@ -94,18 +82,3 @@ def test_interrupt_stops_a_long_inversion_cleanly(comfy_server):
         comfy_server.wait(prompt_id, timeout=120)
     assert time.time() - started < 30
     assert comfy_server.get("/object_info/DragEditDDIMInversion")
-
-
-def test_demo_move_puts_the_disc_at_its_target(comfy_server):
-    """The main job's edit is real: on the demo model the disc leaves its place and lands near the arrow's target
-    (found by fitting the input's disc into the output; tools/scenes.py)."""
-    from scripts.draw_example_inputs import demo_case
-    from tools import scenes
-
-    files = run_example(comfy_server, REPO / "example_workflows" / "demo_move.json")
-    with Image.open(next(f for f in files if "output" in f.parts)) as im:
-        output = np.asarray(im.convert("RGB"))
-    case = demo_case()
-    found, _ = scenes.locate_object(case, output)
-    assert math.dist(found, scenes.centroid(case.expected_mask)) < 8, found
-    assert math.dist(found, scenes.centroid(case.mask)) > 20, found

@@ -34,11 +34,12 @@ def points_json(pairs, size=(W, H)):
 def test_schema_is_documented_everywhere(node):
     info = node.GET_NODE_INFO_V1()
     assert info["name"] == "DragEditPoints" and info["display_name"] == "Drag Points Editor"
-    assert info["category"] == "DragEdit" and info["description"] and info["output_node"]
+    assert info["category"] == "DragEdit" and info["description"]
+    assert not info["output_node"], "an output node runs beside a broken edit and reports success"
     specs = {**info["input"]["required"], **info["input"]["optional"]}
     assert set(specs) == {"image", "points_json", "mask"}
     assert all(spec[1].get("tooltip") for spec in specs.values())
-    assert specs["points_json"][0] == "STRING" and not specs["points_json"][1].get("multiline")
+    assert specs["points_json"][0] == "STRING" and specs["points_json"][1].get("multiline")
     assert info["output"] == ["DRAG_POINTS", "INT", "INT", "FLOAT", "MASK", "IMAGE"]
     assert info["output_name"] == ["points", "offset_x", "offset_y", "scale", "mask", "preview"]
     assert all(info["output_tooltips"])

@@ -14,10 +14,35 @@ import time
 import urllib.error
 import urllib.request
 
-from tests.support.host import COMFY_ROOT, PYTHON, TEST_CKPT, require_host
+import pytest
+
+from tests.support.host import COMFY_ROOT, DEV, PYTHON, TEST_CKPT, require_host
 from tests.support.pack import REPO
 
 PACK_DIR_NAME = "ComfyUI-DragEdit"
+# The SD-1.5 file ComfyUI's own default workflow loads (frontend 1.32.9 and 1.58.1, src/scripts/defaultGraph.ts):
+# the examples name it, so a user who has it runs them as they are; the harness gives the test checkpoint that name.
+USER_CKPT_NAME = "v1-5-pruned-emaonly-fp16.safetensors"
+
+
+def _pinned(path, package="comfyui-frontend-package"):
+    line = next(l for l in path.read_text().splitlines() if l.startswith(package + "=="))
+    return line.split("==", 1)[1].strip()
+
+
+def _newest_frontend_root():
+    """Where scripts/dev-env.sh puts the newest frontend (named by the hash of scripts/newest_frontend.txt)."""
+    import hashlib
+
+    pin = REPO / "scripts" / "newest_frontend.txt"
+    return DEV / "frontends" / hashlib.sha1(pin.read_bytes()).hexdigest()[:12] / "comfyui_frontend_package" / "static"
+
+
+# version -> --front-end-root (None: the frontend ComfyUI 0.3.75 ships, the venv's comfyui-frontend-package)
+FRONTENDS = {
+    _pinned(REPO / "scripts" / "constraints.txt"): None,
+    _pinned(REPO / "scripts" / "newest_frontend.txt"): _newest_frontend_root(),
+}
 
 
 class WorkflowFailed(AssertionError):
@@ -30,15 +55,23 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def make_base_dir(pack_dir=REPO, extra_checkpoints=()):
-    """A fresh ComfyUI base directory: the pack linked in, the example inputs in input/, the tutorial seen."""
+SECOND_FRONTEND_NODE = pathlib.Path(__file__).parent / "second_frontend"
+
+
+def make_base_dir(pack_dir=REPO, extra_checkpoints=(), second_frontend=False):
+    """A fresh ComfyUI base directory: the pack linked in (with `second_frontend`, also the test-only node that
+    serves the other frontend, tests/support/second_frontend), the example inputs in input/, the tutorial seen."""
     base = pathlib.Path(tempfile.mkdtemp(prefix="dragedit-comfy-"))
     (base / "custom_nodes").mkdir()
     os.symlink(pack_dir, base / "custom_nodes" / PACK_DIR_NAME)
+    if second_frontend:
+        os.symlink(SECOND_FRONTEND_NODE, base / "custom_nodes" / "dragedit_test_second_frontend")
     ckpts = base / "models" / "checkpoints"
     ckpts.mkdir(parents=True)
     for ckpt in (TEST_CKPT, *extra_checkpoints):
         os.symlink(ckpt, ckpts / pathlib.Path(ckpt).name)
+    if not (ckpts / USER_CKPT_NAME).exists():
+        os.symlink(TEST_CKPT, ckpts / USER_CKPT_NAME)
     for sub in ("input", "output", "temp"):
         (base / sub).mkdir()
     for image in (REPO / "example_workflows" / "inputs").glob("*.png"):
@@ -49,24 +82,43 @@ def make_base_dir(pack_dir=REPO, extra_checkpoints=()):
 
 
 class ComfyServer:
-    """Start `main.py --cpu` on a free loopback port; stop it (and keep its log) on exit."""
+    """Start `main.py --cpu` on a free loopback port; stop it (and keep its log) on exit.
 
-    def __init__(self, base_dir=None, startup_timeout=120):
+    `frontend` is a version from FRONTENDS: the one ComfyUI ships (default) or the newest, via --front-end-root.
+    The other one is served too, to a browser with the cookie `dragedit_frontend=<version>` (`page_cookie`).
+    """
+
+    def __init__(self, base_dir=None, startup_timeout=120, frontend=None):
         require_host()
-        self.base_dir = pathlib.Path(base_dir) if base_dir else make_base_dir()
+        self.frontend = frontend or next(iter(FRONTENDS))
+        self.front_end_root = FRONTENDS[self.frontend]
+        if self.front_end_root is not None and not (self.front_end_root / "index.html").exists():
+            pytest.fail(f"frontend {self.frontend} missing at {self.front_end_root}: run `bash scripts/dev-env.sh --ui`",
+                        pytrace=False)
+        self.base_dir = pathlib.Path(base_dir) if base_dir else make_base_dir(second_frontend=True)
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = self.base_dir / "server.log"
         self.startup_timeout = startup_timeout
         self.process = None
 
+    def page_cookie(self, frontend):
+        """The cookie that makes this server serve `frontend` to a browser (none for its own)."""
+        if frontend == self.frontend:
+            return []
+        return [{"name": "dragedit_frontend", "value": frontend, "url": self.url}]
+
     def __enter__(self):
         env = dict(os.environ, PYTHONUNBUFFERED="1")
+        second = next((v for v in FRONTENDS if v != self.frontend), None)
+        if second and FRONTENDS[second] is not None:
+            env.update(DRAGEDIT_SECOND_FRONTEND_VERSION=second, DRAGEDIT_SECOND_FRONTEND_ROOT=str(FRONTENDS[second]))
         self._log = open(self.log_path, "w")
         self.process = subprocess.Popen(
             [str(PYTHON), "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
              "--use-pytorch-cross-attention", "--disable-api-nodes", "--base-directory", str(self.base_dir),
-             "--database-url", "sqlite:///:memory:", "--preview-method", "latent2rgb"],
+             "--database-url", "sqlite:///:memory:", "--preview-method", "latent2rgb",
+             *(["--front-end-root", str(self.front_end_root)] if self.front_end_root else [])],
             cwd=COMFY_ROOT, stdout=self._log, stderr=subprocess.STDOUT, env=env)
         deadline = time.time() + self.startup_timeout
         while time.time() < deadline:
@@ -123,24 +175,27 @@ class ComfyServer:
             raise WorkflowFailed(f"prompt rejected (HTTP {status}): {json.dumps(body)[:4000]}")
         return body["prompt_id"]
 
-    def wait(self, prompt_id, timeout=600):
-        """Wait for the prompt's history entry; raise WorkflowFailed if it errored or was interrupted."""
+    def wait_entry(self, prompt_id, timeout=600):
+        """The prompt's finished history entry, whatever its status."""
         deadline = time.time() + timeout
         while time.time() < deadline:
             history = self.get(f"/history/{prompt_id}")
             entry = history.get(prompt_id) if history else None
             if entry and entry.get("status", {}).get("completed") is not None:
-                status = entry["status"]
-                if status.get("status_str") != "success":
-                    messages = [m for m in status.get("messages", []) if m[0] in
-                                ("execution_error", "execution_interrupted")]
-                    raise WorkflowFailed(f"prompt {prompt_id} ended '{status.get('status_str')}': "
-                                         f"{json.dumps(messages)[:4000]}")
                 return entry
             if self.process.poll() is not None:
                 raise WorkflowFailed(f"server died while running {prompt_id}:\n{self.log()[-3000:]}")
             time.sleep(0.2)
         raise TimeoutError(f"prompt {prompt_id} still running after {timeout} s")
+
+    def wait(self, prompt_id, timeout=600):
+        """Wait for the prompt's history entry; raise WorkflowFailed if it errored or was interrupted."""
+        entry = self.wait_entry(prompt_id, timeout)
+        status = entry["status"]
+        if status.get("status_str") != "success":
+            messages = [m for m in status.get("messages", []) if m[0] in ("execution_error", "execution_interrupted")]
+            raise WorkflowFailed(f"prompt {prompt_id} ended '{status.get('status_str')}': {json.dumps(messages)[:4000]}")
+        return entry
 
     def run(self, prompt, timeout=600):
         return self.wait(self.queue(prompt), timeout)

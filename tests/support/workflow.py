@@ -1,8 +1,10 @@
 """UI-format workflow JSON (what the frontend saves and users share) -> API-format prompt (what /prompt runs).
 
 Mirrors the frontend's own graphToPrompt for the widgets our examples use: widget values are positional in
-`widgets_values`, in the node's input order, with one extra value after a seed's control_after_generate and
-after an image-upload combo. The browser test checks this against the real frontend's graphToPrompt.
+`widgets_values`, in the node's input order, with one extra value right after a seed (its control_after_generate)
+and one after the required inputs of a node with an image-upload combo (the upload button the frontend appends
+there: Load Image (as Mask) saves image, channel, upload). For scripts that run examples without a browser
+(scripts/demo.py); tests/browser/test_examples.py checks it equals graphToPrompt for every example.
 """
 import json
 import pathlib
@@ -17,13 +19,12 @@ def _is_widget(spec):
     return isinstance(kind, list) or kind in WIDGET_TYPES
 
 
-def _extra_values(name, spec):
-    options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
-    if spec[0] == "INT" and options.get("control_after_generate", name in ("seed", "noise_seed")):
-        return 1
-    if options.get("image_upload"):
-        return 1
-    return 0
+def _options(spec):
+    return spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+
+
+def _control_value(name, spec):
+    return spec[0] == "INT" and _options(spec).get("control_after_generate", name in ("seed", "noise_seed"))
 
 
 def ui_to_api(workflow, object_info):
@@ -46,7 +47,9 @@ def ui_to_api(workflow, object_info):
                 spec = specs[name]
                 if _is_widget(spec) and position < len(values):
                     inputs[name] = values[position]
-                    position += 1 + _extra_values(name, spec)
+                    position += 1 + _control_value(name, spec)
+            if section == "required" and any(_options(specs[n]).get("image_upload") for n in order.get(section, [])):
+                position += 1
         for slot in node.get("inputs", []):
             if slot.get("link") is not None:
                 link = links[slot["link"]]

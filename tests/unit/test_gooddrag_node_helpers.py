@@ -3,10 +3,11 @@ import pytest
 import torch
 
 from comfyui_dragedit.kernels import aldd, plan, preview
-from comfyui_dragedit.kernels.schedule import ddim_timesteps, inverted_step_count
+from comfyui_dragedit.kernels.schedule import (MAX_DDIM_STEPS, NUM_TRAIN_TIMESTEPS, ddim_timesteps,
+                                               inverted_step_count)
 
 
-@pytest.mark.parametrize("num_steps", [1, 7, 10, 48, 50, 1000])
+@pytest.mark.parametrize("num_steps", [1, 7, 10, 48, 50, 999])
 @pytest.mark.parametrize("strength", [1.0, 0.75, 0.7, 0.1])
 def test_schedule_of_an_inversion_reproduces_its_timesteps(num_steps, strength):
     n = max(1, round(strength * num_steps))
@@ -14,6 +15,13 @@ def test_schedule_of_an_inversion_reproduces_its_timesteps(num_steps, strength):
     found_steps, found_strength = plan.schedule_of(timesteps)
     assert inverted_step_count(found_steps, found_strength) == n
     assert [s.t for s in plan.ddim_plan(found_steps, found_strength)] == timesteps
+
+
+def test_every_allowed_step_count_stays_inside_the_timestep_table():
+    assert max(ddim_timesteps(MAX_DDIM_STEPS)) == NUM_TRAIN_TIMESTEPS - 1
+    assert max(ddim_timesteps(500)) == NUM_TRAIN_TIMESTEPS - 1
+    with pytest.raises(ValueError, match="num_steps"):
+        ddim_timesteps(MAX_DDIM_STEPS + 1)
 
 
 def test_schedule_of_gooddrag_bank_is_50_steps_from_741():

@@ -1,10 +1,12 @@
 """DragPoints: the canvas JSON, API lists, bounds, rescaling, grid scaling and the move arrow (style.md §4.3, §4.7)."""
 import json
+import math
 
 import pytest
 import torch
 
 from comfyui_dragedit.kernels import points as P
+from comfyui_dragedit.kernels.errors import ArgumentError
 
 
 def canvas_json(pairs, size=(512, 384), version=1):
@@ -38,7 +40,9 @@ def test_list_of_four_number_pairs_is_accepted():
     ("", "is not valid JSON"),
     ("[[1, 2], [3, 4], [5, 6]]", "3 points"),
     ("[[1, 2], [3, 4, 5, 6]]", "only [x, y] points"),
-    ('"hello"', "is a JSON str"),
+    ('"hello"', "is a JSON string"),
+    ("null", "is a JSON null"),
+    ("12", "is a JSON number"),
     (canvas_json([[1, 2]]), "pair 1 has a handle but no target"),
     (canvas_json([[1, 2, 3]]), "pair 1 is [1, 2, 3]"),
     (canvas_json([[1, 2, 3, "x"]]), 'pair 1 holds "x"'),
@@ -50,11 +54,16 @@ def test_list_of_four_number_pairs_is_accepted():
     (canvas_json([[1, 2, 512, 4]]), "target (512, 4) of pair 1 is outside the 512x384 image"),
     (canvas_json([[1, -1, 5, 4]]), "handle (1, -1) of pair 1 is outside"),
     (canvas_json([[1, 2, 3, 1e999]]), "not a finite number"),
+    (canvas_json([[1, 2, 3, 4]], version=True), "version true"),
+    ("[" * 100000, "nested too deeply"),
+    ("[" * 5000 + "]" * 5000, "nested too deeply"),
+    (f"[[{'9' * 400}, 1, 2, 3]]", "holds 9999999999999999999999999999999999999999..., not a finite number"),
+    (f"[[{'9' * 5000}, 1, 2, 3]]", "holds a number longer than"),
 ])
 def test_malformed_input_raises_value_error_naming_the_argument(text, words):
-    with pytest.raises(ValueError, match="^points_json: ") as err:
+    with pytest.raises(ArgumentError, match="^points_json: ") as err:
         P.parse_points_json(text)
-    assert words in str(err.value)
+    assert err.value.argument == "points_json" and words in err.value.detail
 
 
 def test_the_argument_name_is_the_callers():
@@ -133,6 +142,14 @@ def test_scaled_to_a_grid_is_the_size_ratio_and_stays_half_open():
     assert (targets[:, 0] < 64).all() and (targets[:, 1] < 48).all()
 
 
+@pytest.mark.parametrize("width", [246, 37, 1000])
+def test_a_point_at_the_last_sub_pixel_stays_inside_when_rescaled(width):
+    """246 * nextafter(246) / 246 rounds to 64.0 in floats: the rescaled point must still be inside the image."""
+    x = math.nextafter(width, 0)
+    points = P.points_for_image(P.ParsedPoints(((x, 0.0, 0.0, 0.0),), (width, 10)), (64, 64))
+    assert 63 < points.pairs[0][0] < 64
+
+
 def test_resized_maps_back_within_one_pixel():
     points = P.DragPoints(((13, 77, 300, 201),), (320, 240))
     back = points.resized(64, 48).resized(320, 240)
@@ -161,3 +178,48 @@ def test_second_pair_sets_the_scale_as_the_ratio_of_spans():
 def test_degenerate_scale_raises(pairs, words):
     with pytest.raises(ValueError, match=words):
         P.DragPoints(pairs, (64, 64)).move_scale()
+
+
+def _runs(mask):
+    """Run lengths of 0s and 1s over a 0/1 array in row-major order, starting with 0s (the canvas's mask_rle)."""
+    flat = [int(v) for v in mask.flatten().tolist()]
+    runs, value, run = [], 0, 0
+    for bit in flat:
+        if bit == value:
+            run += 1
+        else:
+            runs.append(run)
+            value, run = bit, 1
+    return runs + [run]
+
+
+def test_painted_mask_decodes_to_its_pixels_row_major():
+    painted = torch.zeros(3, 4)
+    painted[0, 3] = painted[1, 0] = painted[1, 1] = painted[2, 2] = 1
+    text = json.dumps({"version": 1, "image_size": [4, 3], "pairs": [], "mask_rle": _runs(painted)})
+    parsed = P.parse_points_json(text)
+    assert _runs(painted) == [3, 3, 4, 1, 1]
+    assert torch.equal(parsed.mask, painted)
+    assert P.painted_region(parsed, (4, 3)) is parsed.mask
+
+
+def test_painted_mask_follows_the_image_size_nearest_and_empty_is_none():
+    painted = torch.zeros(2, 2)
+    painted[0, 1] = 1
+    parsed = P.parse_points_json(json.dumps({"image_size": [2, 2], "pairs": [], "mask_rle": _runs(painted)}))
+    region = P.painted_region(parsed, (4, 4))
+    assert region.shape == (4, 4) and region[:2, 2:].eq(1).all() and region.sum() == 4
+    empty = P.parse_points_json(json.dumps({"image_size": [2, 2], "pairs": [], "mask_rle": [4]}))
+    assert P.painted_region(empty, (2, 2)) is None
+    assert P.parse_points_json(json.dumps({"image_size": [2, 2], "pairs": []})).mask is None
+
+
+@pytest.mark.parametrize("extra, words", [
+    ({"image_size": [0, 0], "mask_rle": [4]}, "needs the image_size"),
+    ({"image_size": [2, 2], "mask_rle": [3]}, "covers 3 pixels"),
+    ({"image_size": [2, 2], "mask_rle": [2, -1, 3]}, "run lengths"),
+    ({"image_size": [2, 2], "mask_rle": "4"}, "run lengths"),
+])
+def test_malformed_mask_raises_naming_the_argument(extra, words):
+    with pytest.raises(ValueError, match=f"points_json: .*{words}"):
+        P.parse_points_json(json.dumps({"version": 1, "pairs": [], **extra}))

@@ -1,34 +1,40 @@
 // The Drag Points editor: a view over the points JSON (the node's STRING widget stays the one source of truth).
-// Click a handle, then its target; drag a point to move it; right-click deletes a pair; Delete deletes the
-// selected pair; Ctrl+Z or Undo steps back; Clear removes every pair. Coordinates are image pixels.
+// Points mode: click a handle, then its target; drag a point to move it; right-click deletes a pair; Delete
+// deletes the selected pair. Brush / Eraser modes paint the editable region, kept in the same JSON. Ctrl+Z / Undo
+// steps back, Ctrl+Shift+Z or Ctrl+Y / Redo forward. Coordinates are image pixels.
 // No ComfyUI import and no side effects on import.
 
 import {
-  clampToImage, clientToCanvas, firstOutside, fitImage, formatPoints, hitTest, imageToView, isPending,
-  parsePoints, pixelCentre, rescalePairs, viewToImage,
+  clampToImage, clientToCanvas, fitImage, formatPoints, hitTest, imageToView, isPending, maskIsEmpty,
+  paintStroke, parsePoints, pixelCentre, pointsOutside, rescalePairs, resampleMask, shownAt, viewToImage,
 } from "./geometry.js";
 
 const STYLE_ID = "dragedit-points-style";
 const STYLE = `
-.dragedit-points { display: flex; flex-direction: column; gap: 4px; width: 100%; height: 100%; box-sizing: border-box; }
-.dragedit-points-bar { display: flex; gap: 4px; align-items: center; font: 12px sans-serif; color: #ccc; }
-.dragedit-points-bar button { font: 12px sans-serif; padding: 1px 8px; cursor: pointer; color: #ddd;
+.dragedit-points { display: flex; flex-direction: column; gap: 4px; width: 100%; height: 100%; min-height: 260px;
+  box-sizing: border-box; }
+.dragedit-points-bar { display: flex; flex-wrap: wrap; gap: 4px; align-items: center; font: 12px sans-serif; color: #ccc; }
+.dragedit-points-bar button { font: 12px sans-serif; padding: 1px 7px; cursor: pointer; color: #ddd;
   background: #333; border: 1px solid #555; border-radius: 4px; }
 .dragedit-points-bar button:disabled { opacity: 0.4; cursor: default; }
+.dragedit-points-bar button.active { background: #2f5f9f; border-color: #6aa0e6; color: #fff; }
+.dragedit-points-bar input[type=range] { width: 64px; }
 .dragedit-points-status { flex: 1; text-align: right; white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
-.dragedit-points-stage { position: relative; flex: 1; min-height: 0; }
+.dragedit-points-stage { position: relative; flex: 1; min-height: 160px; }
 .dragedit-points-stage canvas { position: absolute; inset: 0; width: 100%; height: 100%; cursor: crosshair;
   border-radius: 4px; touch-action: none; }
-.dragedit-points-message { position: absolute; left: 8px; right: 8px; top: 8px; padding: 6px 8px; border-radius: 4px;
-  font: 12px sans-serif; color: #fff; background: rgba(20, 20, 20, 0.85); pointer-events: none; white-space: pre-wrap; }
+.dragedit-points-message { padding: 2px 8px; border-radius: 4px; min-height: 15px; max-height: 72px; overflow-y: auto; flex: none;
+  font: 12px sans-serif; color: #fff; background: rgba(20, 20, 20, 0.85); white-space: pre-wrap; }
 .dragedit-points-message.error { background: rgba(150, 30, 30, 0.92); }
-.dragedit-points-message:empty { display: none; }
+.dragedit-points-message:empty { background: transparent; }
 .dragedit-points-keys { position: absolute; width: 1px; height: 1px; opacity: 0; pointer-events: none; }
 `;
 
 const COLORS = { handle: "#e63946", target: "#4287f5", arrow: "#ffffff", outline: "#000000", select: "#ffd60a" };
+const MASK_TINT = [255, 214, 10, 110]; // the painted editable region over the image
 const HIT_RADIUS = 10; // CSS px
-const UNDO_LIMIT = 200;
+const HISTORY_LIMIT = 200;
+const MODES = { points: "Points", paint: "Brush", erase: "Eraser" };
 
 function injectStyle() {
   if (document.getElementById(STYLE_ID)) return;
@@ -45,33 +51,58 @@ function el(tag, className, text) {
   return node;
 }
 
+function button(label, title, onClick) {
+  const b = el("button", null, label);
+  b.title = title;
+  b.addEventListener("click", onClick);
+  return b;
+}
+
 export class PointsCanvas {
   // onChange(text) is called with the new JSON after every edit made here.
   constructor({ onChange }) {
     injectStyle();
     this.onChange = onChange;
     this.pairs = [];
+    this.mask = null; // Uint8Array W*H (1 = may change), or null when nothing is painted
     this.size = null; // [W, H] of the image the points are in, from the JSON or the image itself
     this.text = null; // the JSON last read or written
     this.parseError = null;
     this.image = null;
     this.imageSrc = null;
     this.undoStack = [];
+    this.redoStack = [];
+    this.mode = "points";
+    this.brush = 8; // image px
     this.selected = null; // pair index
     this.hover = null; // {pair, end}
-    this.drag = null; // {pair, end, before, moved}
+    this.drag = null; // {pair, end, before, moved} or {paint: value, last, before}
     this.fit = null;
     this.frame = 0;
     this.hint = null;
+    this.backing = [0, 0];
+    this.maskLayer = null;
 
-    this.element = el("div", "dragedit-points");
+    // Vue nodes (Nodes 2.0) give room only to widgets marked widget-expands; classic sizes the element itself.
+    this.element = el("div", "dragedit-points widget-expands");
     const bar = el("div", "dragedit-points-bar");
-    this.undoButton = el("button", null, "Undo");
-    this.undoButton.title = "Undo the last point edit (Ctrl+Z)";
-    this.clearButton = el("button", null, "Clear");
-    this.clearButton.title = "Remove every pair";
+    this.modeButtons = Object.entries(MODES).map(([mode, label]) => {
+      const b = button(label, mode === "points" ? "Click handle -> target pairs" :
+        `${label}: ${mode === "paint" ? "paint" : "erase"} the editable region (only it may change)`,
+        () => this.setMode(mode));
+      b.dataset.mode = mode;
+      return b;
+    });
+    this.brushInput = el("input");
+    Object.assign(this.brushInput, { type: "range", min: "1", max: "64", value: String(this.brush), title: "Brush size (image px)" });
+    this.brushInput.addEventListener("input", () => { this.brush = Number(this.brushInput.value); });
+    this.undoButton = button("Undo", "Undo the last edit (Ctrl+Z)", () => this.undo());
+    this.redoButton = button("Redo", "Redo (Ctrl+Shift+Z or Ctrl+Y)", () => this.redo());
+    this.clearButton = button("Clear", "Remove every pair", () => this.clear());
+    this.clearMaskButton = button("Clear mask", "Remove the painted region", () => this.clearMask());
     this.status = el("span", "dragedit-points-status");
-    bar.append(this.undoButton, this.clearButton, this.status);
+    bar.append(...this.modeButtons, this.brushInput, this.undoButton, this.redoButton, this.clearButton,
+      this.clearMaskButton, this.status);
     const stage = el("div", "dragedit-points-stage");
     this.canvas = el("canvas");
     this.canvas.dataset.dragedit = "points-canvas";
@@ -81,8 +112,9 @@ export class PointsCanvas {
     this.keys = el("input", "dragedit-points-keys");
     this.keys.readOnly = true;
     this.keys.setAttribute("aria-label", "Drag points editor keys");
-    stage.append(this.canvas, this.message, this.keys);
-    this.element.append(bar, stage);
+    stage.append(this.canvas, this.keys);
+    // Messages sit between the bar and the image, never over the points they talk about.
+    this.element.append(bar, this.message, stage);
 
     this.listeners = [
       [this.canvas, "pointerdown", (e) => this.onPointerDown(e)],
@@ -92,8 +124,6 @@ export class PointsCanvas {
       [this.canvas, "pointerleave", () => this.setHover(null)],
       [this.canvas, "contextmenu", (e) => this.onContextMenu(e)],
       [this.keys, "keydown", (e) => this.onKeyDown(e)],
-      [this.undoButton, "click", () => this.undo()],
-      [this.clearButton, "click", () => this.clear()],
     ];
     for (const [target, type, fn] of this.listeners) target.addEventListener(type, fn);
     this.resizeObserver = new ResizeObserver(() => this.requestRender());
@@ -117,13 +147,15 @@ export class PointsCanvas {
     if (text === this.text) return;
     this.text = text;
     try {
-      const { pairs, size } = parsePoints(text);
+      const { pairs, size, mask } = parsePoints(text);
       this.pairs = pairs;
       this.size = size ?? this.imageSize();
+      this.mask = mask;
       this.parseError = null;
     } catch (err) {
       this.parseError = err.message;
     }
+    this.maskLayer = null;
     this.selected = null;
     this.hover = null;
     this.drag = null;
@@ -152,8 +184,8 @@ export class PointsCanvas {
     return this.image ? [this.image.naturalWidth, this.image.naturalHeight] : null;
   }
 
-  // Points drawn on another image size follow the image (size ratio, as the server rescales). Not undoable:
-  // the size is the image's, and undoing past it would only rescale again.
+  // Points and mask drawn on another image size follow the image (size ratio, as the server rescales). Not
+  // undoable: the size is the image's, and undoing past it would only rescale again.
   adoptImageSize() {
     const actual = this.imageSize();
     if (!actual || this.parseError) return;
@@ -161,6 +193,7 @@ export class PointsCanvas {
     const from = this.size;
     this.commit(() => {
       if (from && this.pairs.length) this.pairs = rescalePairs(this.pairs, from, actual);
+      this.mask = from && this.mask ? resampleMask(this.mask, from, actual) : null;
       this.size = actual;
     }, { record: false });
   }
@@ -171,31 +204,56 @@ export class PointsCanvas {
   commit(edit, { before = this.text, record = true } = {}) {
     edit();
     this.hint = null;
-    const text = formatPoints(this.pairs, this.size);
-    if (text === before) return;
-    if (record && before !== null) this.undoStack.push(before);
-    if (this.undoStack.length > UNDO_LIMIT) this.undoStack.shift();
+    this.maskLayer = null;
+    const text = formatPoints(this.pairs, this.size, this.mask);
+    if (text === before) {
+      this.requestRender();
+      return;
+    }
+    if (record && before !== null) {
+      this.undoStack.push(before);
+      if (this.undoStack.length > HISTORY_LIMIT) this.undoStack.shift();
+      this.redoStack = [];
+    }
     this.text = text;
     this.parseError = null;
     this.requestRender();
     this.onChange(text);
   }
 
-  // The widget gets the previous text first; reading it back may rescale it to the image, which then wins.
+  // Step through the history: the widget gets the text first; reading it back may rescale it to the image.
+  restore(text) {
+    this.onChange(text);
+    this.text = null;
+    this.setText(text);
+  }
+
   undo() {
     const previous = this.undoStack.pop();
     if (previous === undefined) return;
-    this.onChange(previous);
-    this.text = null;
-    this.setText(previous);
+    if (this.text !== null) this.redoStack.push(this.text);
+    this.restore(previous);
+  }
+
+  redo() {
+    const next = this.redoStack.pop();
+    if (next === undefined) return;
+    if (this.text !== null) this.undoStack.push(this.text);
+    this.restore(next);
   }
 
   clear() {
     this.commit(() => {
       this.pairs = [];
       this.size = this.imageSize() ?? (this.parseError ? null : this.size);
+      if (this.parseError) this.mask = null;
     });
     this.selected = null;
+  }
+
+  clearMask() {
+    if (this.parseError) return;
+    this.commit(() => { this.mask = null; });
   }
 
   deletePair(index) {
@@ -203,6 +261,13 @@ export class PointsCanvas {
     this.commit(() => this.pairs.splice(index, 1));
     this.selected = null;
     this.hover = null;
+  }
+
+  setMode(mode) {
+    this.mode = mode;
+    this.hover = null;
+    this.canvas.style.cursor = mode === "points" ? "crosshair" : "cell";
+    this.requestRender();
   }
 
   // -------------------------------------------------------------------------------------------------- input
@@ -236,7 +301,17 @@ export class PointsCanvas {
     this.keys.focus({ preventScroll: true });
     if (!this.editable()) return;
     const at = this.eventPoint(e);
-    const hit = hitTest(this.pairs, at, this.fit, this.hitRadius());
+    if (this.mode !== "points") {
+      this.canvas.setPointerCapture(e.pointerId);
+      const point = viewToImage(at, this.fit);
+      this.drag = { paint: this.mode === "paint" ? 1 : 0, last: point, before: this.text };
+      this.mask ??= new Uint8Array(this.size[0] * this.size[1]);
+      paintStroke(this.mask, this.size, point, point, this.brush, this.drag.paint);
+      this.maskLayer = null;
+      this.requestRender();
+      return;
+    }
+    const hit = hitTest(this.pairs, at, this.fit, this.hitRadius(), this.size);
     if (hit) {
       this.canvas.setPointerCapture(e.pointerId);
       this.drag = { ...hit, before: this.text, moved: false };
@@ -256,8 +331,16 @@ export class PointsCanvas {
   onPointerMove(e) {
     if (!this.fit) return;
     const at = this.eventPoint(e);
+    if (this.drag && "paint" in this.drag) {
+      const point = viewToImage(at, this.fit);
+      paintStroke(this.mask, this.size, this.drag.last, point, this.brush, this.drag.paint);
+      this.drag.last = point;
+      this.maskLayer = null;
+      this.requestRender();
+      return;
+    }
     if (!this.drag) {
-      this.setHover(this.size ? hitTest(this.pairs, at, this.fit, this.hitRadius()) : null);
+      if (this.mode === "points") this.setHover(this.size ? hitTest(this.pairs, at, this.fit, this.hitRadius(), this.size) : null);
       return;
     }
     const [x, y] = clampToImage(viewToImage(at, this.fit), this.size);
@@ -272,23 +355,29 @@ export class PointsCanvas {
   onPointerUp(e) {
     if (!this.drag) return;
     if (this.canvas.hasPointerCapture(e.pointerId)) this.canvas.releasePointerCapture(e.pointerId);
-    const { moved, before } = this.drag;
+    const { moved, before, paint } = this.drag;
     this.drag = null;
-    if (moved) this.commit(() => {}, { before });
+    if (moved || paint !== undefined) {
+      this.commit(() => {
+        if (maskIsEmpty(this.mask)) this.mask = null;
+      }, { before });
+    }
     this.requestRender();
   }
 
   onContextMenu(e) {
     e.preventDefault();
     e.stopPropagation();
-    if (!this.fit || this.parseError) return;
-    const hit = hitTest(this.pairs, this.eventPoint(e), this.fit, this.hitRadius());
+    if (!this.fit || this.parseError || this.mode !== "points") return;
+    const hit = hitTest(this.pairs, this.eventPoint(e), this.fit, this.hitRadius(), this.size);
     if (hit) this.deletePair(hit.pair);
   }
 
   onKeyDown(e) {
-    const undoKey = (e.ctrlKey || e.metaKey) && !e.shiftKey && e.key.toLowerCase() === "z";
-    if (undoKey) this.undo();
+    const key = e.key.toLowerCase();
+    const ctrl = e.ctrlKey || e.metaKey;
+    if (ctrl && ((key === "z" && e.shiftKey) || key === "y")) this.redo();
+    else if (ctrl && key === "z") this.undo();
     else if (e.key === "Delete" || e.key === "Backspace") {
       if (!this.parseError) this.deletePair(this.selected ?? this.pairs.length - 1);
     } else if (e.key === "Escape") this.keys.blur();
@@ -301,7 +390,7 @@ export class PointsCanvas {
     const same = hit === this.hover || (hit && this.hover && hit.pair === this.hover.pair && hit.end === this.hover.end);
     if (same) return;
     this.hover = hit;
-    this.canvas.style.cursor = hit ? "move" : "crosshair";
+    if (this.mode === "points") this.canvas.style.cursor = hit ? "move" : "crosshair";
     this.requestRender();
   }
 
@@ -320,25 +409,27 @@ export class PointsCanvas {
     });
   }
 
-  // Call on every graph frame: zoom changes the canvas's on-screen size without a resize event.
+  // Call often (the node's watch loop): zoom changes the canvas's on-screen size without a resize event, in both
+  // displays (a CSS transform), so the backing store follows the on-screen pixels to stay sharp.
   checkSize() {
     const rect = this.canvas.getBoundingClientRect();
     const dpr = window.devicePixelRatio || 1;
-    if (Math.round(rect.width * dpr) !== this.canvas.width || Math.round(rect.height * dpr) !== this.canvas.height) {
-      this.requestRender();
-    }
+    const want = [Math.round(rect.width * dpr), Math.round(rect.height * dpr)];
+    if (want[0] && want[1] && (want[0] !== this.backing[0] || want[1] !== this.backing[1])) this.requestRender();
+  }
+
+  problems() {
+    if (!this.size || this.parseError) return [];
+    const [w, h] = this.size;
+    return pointsOutside(this.pairs, this.size).map(({ pair, role, x, y }) =>
+      `The ${role} of pair ${pair + 1} (${x}, ${y}) is outside the ${w}x${h} image (shown at its border): drag it inside or delete the pair.`);
   }
 
   messageText() {
     if (this.parseError) return { error: true, text: `points_json is not valid: ${this.parseError}.\nFix the text, or press Clear to start over.` };
-    if (!this.size) return { error: false, text: "No image yet: connect an image and run the workflow once (a Load Image input shows at once). Then click a handle, then its target." };
-    const outside = firstOutside(this.pairs, this.size);
-    if (outside) {
-      return {
-        error: true,
-        text: `The ${outside.role} of pair ${outside.pair + 1} (${outside.x}, ${outside.y}) is outside the ${this.size[0]}x${this.size[1]} image: drag it inside or delete the pair.`,
-      };
-    }
+    if (!this.size) return { error: false, text: "No image yet: connect an image (a Load Image shows at once; any other image after a run). Then click a handle, then its target." };
+    const problems = this.problems();
+    if (problems.length) return { error: true, text: problems.join("\n") };
     if (this.hint) return { error: false, text: this.hint };
     const last = this.pairs[this.pairs.length - 1];
     if (last && isPending(last)) return { error: false, text: `Click the target of point ${this.pairs.length}.` };
@@ -355,6 +446,7 @@ export class PointsCanvas {
       this.canvas.width = width;
       this.canvas.height = height;
     }
+    this.backing = [width, height];
     const unit = width / rect.width; // backing pixels per screen pixel
     const ctx = this.canvas.getContext("2d");
     ctx.setTransform(1, 0, 0, 1, 0, 0);
@@ -363,16 +455,26 @@ export class PointsCanvas {
     this.fit = this.size ? fitImage(this.size, width, height, 6 * unit) : null;
     if (this.fit) {
       this.drawImage(ctx);
-      if (!this.parseError) this.drawPairs(ctx, unit);
+      if (!this.parseError) {
+        this.drawMask(ctx);
+        this.drawPairs(ctx, unit);
+      }
     }
-    const { error, text } = this.messageText();
-    this.message.textContent = text;
-    this.message.classList.toggle("error", error);
+    if (!this.drag) {   // a message that grows or shrinks mid-drag would move the image under the pointer
+      const { error, text } = this.messageText();
+      this.message.textContent = text;
+      this.message.classList.toggle("error", error);
+    }
     const n = this.pairs.filter((p) => !isPending(p)).length;
     const size = this.size ? ` · ${this.size[0]}x${this.size[1]}` : "";
-    this.status.textContent = this.parseError ? "invalid points" : `${n} pair${n === 1 ? "" : "s"}${size}`;
+    const masked = maskIsEmpty(this.mask) ? "" : " · mask";
+    this.status.textContent = this.parseError ? "invalid points" : `${n} pair${n === 1 ? "" : "s"}${size}${masked}`;
     this.undoButton.disabled = this.undoStack.length === 0;
+    this.redoButton.disabled = this.redoStack.length === 0;
     this.clearButton.disabled = !this.parseError && this.pairs.length === 0;
+    this.clearMaskButton.disabled = maskIsEmpty(this.mask);
+    for (const b of this.modeButtons) b.classList.toggle("active", b.dataset.mode === this.mode);
+    this.brushInput.disabled = this.mode === "points";
   }
 
   drawImage(ctx) {
@@ -392,17 +494,39 @@ export class PointsCanvas {
     ctx.fillText(`${w} x ${h}: the image shows after a run`, x + (w * scale) / 2, y + (h * scale) / 2);
   }
 
+  // The painted region as a tint over the image, one image pixel per mask cell.
+  drawMask(ctx) {
+    if (maskIsEmpty(this.mask)) return;
+    const [w, h] = this.size;
+    if (!this.maskLayer) {
+      this.maskLayer = document.createElement("canvas");
+      this.maskLayer.width = w;
+      this.maskLayer.height = h;
+      const layer = this.maskLayer.getContext("2d");
+      const pixels = layer.createImageData(w, h);
+      this.mask.forEach((v, i) => {
+        if (v) pixels.data.set(MASK_TINT, 4 * i);
+      });
+      layer.putImageData(pixels, 0, 0);
+    }
+    const { x, y, scale } = this.fit;
+    ctx.imageSmoothingEnabled = false;
+    ctx.drawImage(this.maskLayer, x, y, w * scale, h * scale);
+  }
+
   drawPairs(ctx, unit) {
     const radius = 5 * unit;
+    const view = (px, py) => imageToView(pixelCentre(...shownAt([px, py], this.size)), this.fit);
+    const outside = (px, py) => !(px >= 0 && px < this.size[0] && py >= 0 && py < this.size[1]);
     this.pairs.forEach((pair, k) => {
-      const handle = imageToView(pixelCentre(pair[0], pair[1]), this.fit);
+      const handle = view(pair[0], pair[1]);
       const emphasis = k === this.selected || (this.hover && this.hover.pair === k);
       if (!isPending(pair)) {
-        const target = imageToView(pixelCentre(pair[2], pair[3]), this.fit);
+        const target = view(pair[2], pair[3]);
         drawArrow(ctx, handle, target, unit, radius);
-        drawDot(ctx, target, radius, COLORS.target, unit);
+        drawDot(ctx, target, radius, COLORS.target, unit, outside(pair[2], pair[3]));
       }
-      drawDot(ctx, handle, radius, COLORS.handle, unit);
+      drawDot(ctx, handle, radius, COLORS.handle, unit, outside(pair[0], pair[1]));
       if (emphasis) {
         ctx.strokeStyle = COLORS.select;
         ctx.lineWidth = 2 * unit;
@@ -423,10 +547,11 @@ export class PointsCanvas {
   }
 }
 
-function drawDot(ctx, [x, y], radius, color, unit) {
+// A point; one outside the image shows on its border as a ring with a warning-yellow rim.
+function drawDot(ctx, [x, y], radius, color, unit, outside = false) {
   ctx.fillStyle = color;
-  ctx.strokeStyle = COLORS.outline;
-  ctx.lineWidth = unit;
+  ctx.strokeStyle = outside ? COLORS.select : COLORS.outline;
+  ctx.lineWidth = outside ? 3 * unit : unit;
   ctx.beginPath();
   ctx.arc(x, y, radius, 0, 2 * Math.PI);
   ctx.fill();
