@@ -1,6 +1,7 @@
 """Drag accuracy with ground truth: generated scenes (tools/scenes.py) edited by the pack's nodes on the demo model.
 
     .dev/venv/bin/python -m bench.drag_accuracy [--cases 8] [--steps 50] [--sheet docs/images/demo_drag_cases.png]
+                                                [--model another_demo_file.safetensors]
 
 Per mode (move, resize, drag) and method (DragonDiffusion, GoodDrag, and the do-nothing baseline: inversion and
 reconstruction with zero energy), over --cases cases:
@@ -61,10 +62,10 @@ def _editable_region(case) -> torch.Tensor:
 class Editor:
     """Runs one case through the nodes, the way the example workflows wire them."""
 
-    def __init__(self, steps):
+    def __init__(self, steps, model_file=None):
         self.nodes = _nodes()
         self.steps = steps
-        self.model, clip, self.vae = self.nodes["host"].load_demo_model(self.nodes["demo_model_file"])
+        self.model, clip, self.vae = self.nodes["host"].load_demo_model(model_file or self.nodes["demo_model_file"])
         with torch.inference_mode():
             self.cond = clip.encode_from_tokens_scheduled(clip.tokenize(""))
 
@@ -233,11 +234,12 @@ def main():
     ap.add_argument("--cases", type=int, default=8, help="cases per mode")
     ap.add_argument("--steps", type=int, default=50, help="DDIM steps of the full schedule")
     ap.add_argument("--scenes", type=int, default=16, help="held-out scenes for the reconstruction PSNR")
+    ap.add_argument("--model", help="a demo model file (tools/train_demo.py) to measure instead of the shipped one")
     ap.add_argument("--sheet", help="also write a PNG: per case input (handle red, target blue), ground truth, "
                                     "then each method's output")
     args = ap.parse_args()
     comfy_inproc.import_comfy()
-    editor = Editor(args.steps)
+    editor = Editor(args.steps, args.model)
     inverted, autoencoded = reconstruction_psnr(editor, args.scenes)
     print(f"Held-out scenes ({args.scenes}): DDIM inversion + reconstruction {inverted:.2f} dB PSNR, the autoencoder "
           f"alone {autoencoded:.2f} dB")
