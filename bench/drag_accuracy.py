@@ -144,7 +144,7 @@ class Editor:
         from comfyui_dragedit.kernels.schedule import alpha_bar_at
 
         host = self.nodes["host"]
-        latent = self.encode(image)
+        latent = self.encode(image)["samples"]
         alpha_bar = alpha_bar_at(host.model_alphas_cumprod(self.model), MD_TIMESTEP)
         noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(0))
         feats = []
@@ -237,7 +237,11 @@ def main():
     ap.add_argument("--model", help="a demo model file (tools/train_demo.py) to measure instead of the shipped one")
     ap.add_argument("--sheet", help="also write a PNG: per case input (handle red, target blue), ground truth, "
                                     "then each method's output")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch CPU threads (0: torch's default); 1 as tools/train_demo.py, for the shared 2-core CPU")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     comfy_inproc.import_comfy()
     editor = Editor(args.steps, args.model)
     inverted, autoencoded = reconstruction_psnr(editor, args.scenes)

@@ -1,7 +1,6 @@
 """The demo model: its training script (deterministic, learns at reduced size), its loader (an SD15 model config
-the pack's nodes accept, unconditional), and the shipped weights (the quality the file claims, inversion and
-reconstruction of held-out scenes through the pack's nodes)."""
-import json
+the pack's nodes accept, unconditional, previews in its own colours), and the shipped weights (their quality as
+recorded here, measured on the file by these tests: autoencoder, UNet, preview colours, inversion round trip)."""
 
 import pytest
 import safetensors
@@ -13,12 +12,17 @@ from tests.support.comfy_inproc import run_node, run_passes
 from tools import scenes, train_demo
 
 REDUCED_SCALE = 0.05
-# `tools/train_demo.py --scale 0.05` (seed 0, 2-core CPU) gives 13.65 dB and eps MSE 0.42 (an untrained UNet
-# scores 1.0, the mean image ~10.7 dB); the bounds leave room for another machine's rounding. The full budget
-# (the shipped file) gives 20.3 dB and 0.050.
-REDUCED_MIN_PSNR_DB = 12.5
-REDUCED_MAX_EPS_MSE = 0.6
-SHIPPED_PSNR_TOLERANCE_DB = 0.5
+# `tools/train_demo.py --scale 0.05` (seed 0, 2-core CPU) gives 22.85 dB and eps MSE 0.284 (an untrained UNet
+# scores 1.0, the mean image ~10.7 dB); the bounds leave room for another machine's rounding.
+REDUCED_MIN_PSNR_DB = 21.5
+REDUCED_MAX_EPS_MSE = 0.4
+# The shipped file (tools/train_demo.py at the full budget, seed 0) as these tests measure it on 8 held-out scenes
+# (seed 777); README: the demo model. The tolerances cover another CPU's float rounding, not another training run.
+SHIPPED_AUTOENCODER_PSNR_DB = 0
+SHIPPED_PSNR_TOLERANCE_DB = 0.2
+SHIPPED_EPS_MSE = 0
+SHIPPED_EPS_MSE_TOLERANCE = 0.005
+SHIPPED_PREVIEW_PSNR_DB = 0     # the latent-to-RGB preview against the 8x-downsampled scene
 
 
 def _held_out(count=8):
@@ -73,26 +77,64 @@ def shipped(comfy_nodes):
     if not demo_model.DEMO_MODEL_FILE.exists():
         pytest.fail(f"{demo_model.DEMO_MODEL_FILE} is missing: run `python -m tools.train_demo --out ...`",
                     pytrace=False)
-    with safetensors.safe_open(str(demo_model.DEMO_MODEL_FILE), "pt") as f:
-        report = json.loads(f.metadata()["dragedit.training"])
-    return host.load_demo_model(demo_model.DEMO_MODEL_FILE), report
+    return host.load_demo_model(demo_model.DEMO_MODEL_FILE)
 
 
-def test_shipped_autoencoder_has_the_quality_its_file_claims(shipped):
-    (_, _, vae), report = shipped
+def test_shipped_autoencoder_has_its_recorded_quality(shipped):
+    _, _, vae = shipped
     images = _held_out()
     with torch.inference_mode():
         decoded = vae.decode(vae.encode(images))
-    assert train_demo.psnr(decoded, images) >= report["autoencoder_psnr_db"] - SHIPPED_PSNR_TOLERANCE_DB, report
+    measured = train_demo.psnr(decoded, images)
+    assert abs(measured - SHIPPED_AUTOENCODER_PSNR_DB) <= SHIPPED_PSNR_TOLERANCE_DB, measured
+
+
+def _held_out_latents(vae, model, count=8):
+    with torch.inference_mode():
+        return model.model.process_latent_in(vae.encode(_held_out(count)).float())
+
+
+def test_shipped_unet_has_its_recorded_denoising_error(shipped):
+    """eps MSE on held-out latents noised at 8 timesteps across the schedule with fixed noise, as the training
+    script scores it."""
+    model, clip, vae = shipped
+    z0 = _held_out_latents(vae, model)
+    with torch.inference_mode():
+        cond = clip.encode_from_tokens_scheduled(clip.tokenize(""))
+    alphas = host.model_alphas_cumprod(model).float()
+    noise = torch.randn(z0.shape, generator=torch.Generator().manual_seed(1))
+    errors = []
+    for k, t in enumerate(torch.linspace(0, 999, z0.shape[0]).round().long().tolist()):
+        z_t = alphas[t].sqrt() * z0[k:k + 1] + (1 - alphas[t]).sqrt() * noise[k:k + 1]
+        eps = run_passes(model, lambda p: p.eps(z_t, PlanStep(0, t, max(t - 20, -1))), cond, latent_hw=(16, 16))
+        errors.append((eps.float().cpu() - noise[k:k + 1]).pow(2).mean().item())
+    measured = sum(errors) / len(errors)
+    assert abs(measured - SHIPPED_EPS_MSE) <= SHIPPED_EPS_MSE_TOLERANCE, (measured, errors)
+
+
+def test_shipped_previews_show_the_scenes_colours(shipped):
+    """The model's latent format (what ComfyUI's Latent2RGB previewer and the pack's previews use) maps latents to
+    the scene's colours: its recorded quality, and far closer than SD-1.5's own factors on the same latents."""
+    import comfy.latent_formats
+
+    model, _, vae = shipped
+    z0 = _held_out_latents(vae, model)
+    truth = torch.nn.functional.avg_pool2d(_held_out().movedim(-1, 1), 8)
+    fmt, sd15 = model.model.latent_format, comfy.latent_formats.SD15()
+    previews = [train_demo.preview_rgb(dict(factors=f.latent_rgb_factors, bias=f.latent_rgb_factors_bias or [0] * 3),
+                                       z0) for f in (fmt, sd15)]
+    own, stock = (train_demo.psnr(p, truth) for p in previews)
+    assert abs(own - SHIPPED_PREVIEW_PSNR_DB) <= SHIPPED_PSNR_TOLERANCE_DB, own
+    assert own >= stock + 3.0, (own, stock)
 
 
 def test_shipped_model_inverts_and_reconstructs_held_out_scenes(shipped):
-    """DDIM inversion (50 steps) then the guided sampler with zero energy: the image comes back within a few dB
-    of what the autoencoder alone gives."""
+    """DDIM inversion (50 steps) then the guided sampler with zero energy: the image comes back within 1 dB of
+    what the autoencoder alone gives (issue 15)."""
     from comfyui_dragedit.kernels.features import dragon_tap
     from comfyui_dragedit.nodes import energy_guidance, guided_sampler, inversion
 
-    (model, clip, vae), _ = shipped
+    model, clip, vae = shipped
     images = _held_out(2)
     with torch.inference_mode():
         cond = clip.encode_from_tokens_scheduled(clip.tokenize(""))
@@ -115,4 +157,4 @@ def test_shipped_model_inverts_and_reconstructs_held_out_scenes(shipped):
             decoded = vae.decode(out["samples"])
         scores.append((train_demo.psnr(decoded, image[None]), train_demo.psnr(roundtrip, image[None])))
     for reconstructed, autoencoder in scores:
-        assert reconstructed >= autoencoder - 3.0, scores
+        assert reconstructed >= autoencoder - 1.0, scores
