@@ -13,6 +13,7 @@ import torch
 
 import comfy.model_management
 import comfy.model_patcher
+import comfy.samplers
 import comfy.utils
 import latent_preview
 
@@ -340,3 +341,186 @@ def load_demo_model(path):
         for param in clip.cond_stage_model.parameters():
             param.zero_()
     return patcher, clip, vae
+
+
+
+# --- Identity LoRA (issue 14: GoodDrag / DragDiffusion's per-image LoRA) ---------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class IdentityLoRA:
+    """A fitted LoRA: per target weight key ("diffusion_model.<module>.weight") its (up [out, r], down [r, in]),
+    float32 on the CPU, applied as W + (alpha / rank) up @ down; with the recipe, seed and losses it came from."""
+
+    pairs: dict
+    alpha: float
+    recipe: object
+    seed: int
+    losses: torch.Tensor
+
+
+def prediction_type(model, node: str, input_name: str = "model") -> str:
+    """'eps' or 'v': the model's own prediction target, which the LoRA's loss uses (kernels.lora)."""
+    import comfy.model_sampling
+
+    sampling = model.get_model_object("model_sampling")
+    if isinstance(sampling, comfy.model_sampling.V_PREDICTION):
+        return "v"
+    if isinstance(sampling, comfy.model_sampling.EPS) and \
+            not isinstance(sampling, (comfy.model_sampling.CONST, comfy.model_sampling.EDM)):
+        return "eps"
+    raise DragEditInputError(node, input_name, f"predicts with {type(sampling).__name__}",
+                             f"Use an epsilon or v-prediction model: {SUPPORTED_FAMILIES}")
+
+
+def lora_target_modules(model, node: str, input_name: str = "model") -> list:
+    """(module name, module) of every attention projection the recipe fits (kernels.lora.is_target), by name."""
+    from ..kernels.lora import is_target
+
+    targets = [(name, module) for name, module in model.model.named_modules()
+               if is_target(name) and hasattr(module, "weight_function") and getattr(module, "weight", None) is not None]
+    if not targets:
+        raise DragEditInputError(node, input_name, "has no attention projections attn1/attn2.to_q/to_k/to_v/to_out",
+                                 f"Use one of the supported models: {SUPPORTED_FAMILIES}")
+    return targets
+
+
+def vae_posterior(vae, image, node: str, input_name: str = "image"):
+    """(mean, std) [1, C, h, w] of the VAE posterior of IMAGE [1, H, W, C], in LATENT space (before the model's
+    scale factor). `mean` is what VAE Encode gives (a KL VAE's posterior mode); std is None for a VAE whose
+    encoder is deterministic (TAESD and other non-KL autoencoders)."""
+    from comfy.ldm.models.autoencoder import DiagonalGaussianRegularizer
+    from comfy.ldm.modules.distributions.distributions import DiagonalGaussianDistribution
+
+    if image.ndim != 4 or image.shape[0] != 1:
+        raise DragEditInputError(node, input_name, f"holds a batch of {image.shape[0]} images",
+                                 "Fit the LoRA to one image, the one you edit: pick it with Image From Batch")
+    pixels = image[..., :3]
+    mean = vae.encode(pixels)
+    first = vae.first_stage_model
+    if not (isinstance(getattr(first, "regularization", None), DiagonalGaussianRegularizer)
+            and hasattr(first, "quant_conv")):
+        return mean, None
+    comfy.model_management.load_models_gpu([vae.patcher])
+    x = vae.process_input(vae.vae_encode_crop_pixels(pixels).movedim(-1, 1)).to(vae.device, vae.vae_dtype)
+    moments = first.quant_conv(first.encoder(x))
+    return mean, DiagonalGaussianDistribution(moments.float()).std.to(mean.device)
+
+
+class _LoRAFitSampler(comfy.samplers.Sampler):
+    """A ComfyUI Sampler whose `sample` fits the LoRA instead of sampling (the shape of TrainLoraNode's
+    TrainSampler): run through CFGGuider.sample, every call is ComfyUI's own conditioning and patch path
+    (calc_cond_batch, model_options, wrappers), so whatever the MODEL carries applies, on every family."""
+
+    def __init__(self, fit):
+        self.fit = fit
+
+    def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
+               disable_pbar=False):
+        from comfy_extras.nodes_train import process_cond_list  # clones the conds' inference tensors
+
+        process_cond_list(model_wrap.conds)
+        base = model_wrap.inner_model
+        with grad_scope():
+            train_sigmas = base.model_sampling.sigmas.detach().to(noise.device, torch.float32).clone()
+            self.losses = self.fit(lambda x, sigma: model_wrap(x, sigma, **extra_args), train_sigmas, base)
+        return torch.zeros_like(noise)
+
+
+def fit_identity_lora(model, z_mean, z_std, positive, recipe, seed: int, node: str, node_id=None):
+    """(MODEL with the LoRA as weight patches, IdentityLoRA): the recipe of kernels.lora on the VP latent posterior
+    (z_mean, z_std [1, C, h, w], z_std may be None).
+
+    Reused from ComfyUI 0.3.75, as TrainLoraNode uses them: weight adapters (comfy.weight_adapter.LoRAAdapter and its
+    trainable LoraDiff, hung on a clone with add_weight_wrapper, which also makes the weights autograd-safe) and
+    CFGGuider.sample with a Sampler of ours, for the conditioning and patches. Not reused: TrainSampler itself (an
+    x0 MSE under bf16 autocast with timesteps from percent_to_sigma, not the papers' epsilon MSE at integer t).
+    The result is `model.clone()` with LoRAAdapter weight patches (add_patches, what LoraLoader adds), so stock
+    nodes see it and a saved file reloads to the same weights; the input MODEL is not modified.
+    """
+    from comfy.weight_adapter import LoRAAdapter
+
+    from ..kernels import lora
+
+    prediction = prediction_type(model, node)
+    targets = lora_target_modules(model, node)
+    generator = torch.Generator().manual_seed(seed)
+    alpha = float(recipe.rank)   # scale alpha / rank = 1: diffusers' LoRA layers of both official codes
+    trainer = _autograd_safe_clone(model)
+    adapters = {}
+    with torch.inference_mode(False), torch.random.fork_rng(devices=[]):
+        for name, module in targets:
+            out_features, in_features = module.weight.shape[0], module.weight.shape[1:].numel()
+            up, down = lora.init_pair(out_features, in_features, recipe.rank, generator)
+            adapters[f"{name}.weight"] = train = LoRAAdapter(set(), (up, down, alpha, None, None, None)).to_train()
+            trainer.add_weight_wrapper(f"{name}.weight", train)
+    params = [p for train in adapters.values() for p in (train.lora_up.weight, train.lora_down.weight)]
+    if positive is None:   # no text: an all-zero context of the model's width
+        positive = [[torch.zeros(1, 77, model.model.model_config.unet_config["context_dim"]), {}]]
+    progress = Progress(model, recipe.steps, node_id)
+
+    def fit(denoised_fn, sigmas, base):
+        dtype = base.manual_cast_dtype or base.get_dtype()
+        scaler = torch.amp.GradScaler("cuda") if sigmas.device.type == "cuda" and dtype == torch.float16 else None
+        return lora.fit(denoised_fn, params, z_mean.to(sigmas.device), z_std, sigmas, recipe, prediction, seed,
+                        grad_scaler=scaler, callback=lambda info: progress(dict(done=info["step"] + 1)))
+
+    sampler = _LoRAFitSampler(fit)
+    guider = comfy.samplers.CFGGuider(trainer)
+    guider.inner_set_conds({"positive": positive})
+    latent = model.model.process_latent_out(z_mean.detach().float().cpu()).expand(recipe.batch_size, -1, -1, -1)
+    with torch.inference_mode(False):
+        comfy.model_management.load_models_gpu([trainer], memory_required=1e20, force_full_load=True)
+        guider.sample(torch.zeros_like(latent), latent.clone(), sampler, torch.ones(2), seed=seed)
+    pairs = {key: (train.lora_up.weight.detach().float().cpu().clone(),
+                   train.lora_down.weight.detach().float().cpu().clone()) for key, train in adapters.items()}
+    return apply_identity_lora(model, pairs, alpha), IdentityLoRA(pairs, alpha, recipe, seed, sampler.losses)
+
+
+def apply_identity_lora(model, pairs: dict, alpha: float):
+    """`model.clone()` with each (up, down) as a LoRAAdapter weight patch, strength 1 (as LoraLoader adds them)."""
+    from comfy.weight_adapter import LoRAAdapter
+
+    patched = model.clone()
+    applied = patched.add_patches({key: LoRAAdapter(set(), (up, down, alpha, None, None, None))
+                                   for key, (up, down) in pairs.items()}, 1.0)
+    missing = set(pairs) - set(applied)
+    if missing:
+        raise RuntimeError(f"LoRA patches not applied to {sorted(missing)[:3]}")
+    return patched
+
+
+def lora_file_names(model, keys) -> dict:
+    """Weight key -> the LoRA file's module name: kohya's `lora_unet_<diffusers name>` (read by ComfyUI's
+    LoraLoader, A1111 and diffusers) where ComfyUI maps the key to a diffusers name, else ComfyUI's generic
+    `diffusion_model.<module>` (which its LoraLoader reads too)."""
+    diffusers = {f"diffusion_model.{comfy_key}": name for name, comfy_key in
+                 comfy.utils.unet_to_diffusers(model.model.model_config.unet_config).items()}
+    return {key: ("lora_unet_" + diffusers[key][:-len(".weight")].replace(".", "_")) if key in diffusers
+            else key[:-len(".weight")] for key in keys}
+
+
+def save_identity_lora(model, fitted: IdentityLoRA, filename_prefix: str) -> str:
+    """Writes the LoRA as a .safetensors under ComfyUI's first `loras` folder, numbered like SaveLoRA's files;
+    returns its name as LoraLoaderModelOnly lists it."""
+    import json
+    import os
+
+    import folder_paths
+    import safetensors.torch
+
+    loras = folder_paths.get_folder_paths("loras")[0]
+    folder, filename, counter, _, _ = folder_paths.get_save_image_path(filename_prefix, loras)
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, f"{filename}_{counter:05}_.safetensors")
+    names = lora_file_names(model, fitted.pairs)
+    tensors = {}
+    for key, (up, down) in fitted.pairs.items():
+        tensors[f"{names[key]}.lora_up.weight"] = up.contiguous()
+        tensors[f"{names[key]}.lora_down.weight"] = down.contiguous()
+        tensors[f"{names[key]}.alpha"] = torch.tensor(fitted.alpha)
+    metadata = {"ss_network_module": "networks.lora", "ss_network_dim": str(fitted.recipe.rank),
+                "ss_network_alpha": str(fitted.alpha),
+                "dragedit.identity_lora": json.dumps(dict(dataclasses.asdict(fitted.recipe), seed=fitted.seed,
+                                                          final_loss=float(fitted.losses[-1])))}
+    safetensors.torch.save_file(tensors, path, metadata=metadata)
+    return os.path.relpath(path, loras)
