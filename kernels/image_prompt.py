@@ -186,14 +186,16 @@ class ImagePromptModel:
 @dataclasses.dataclass(frozen=True, eq=False)
 class ImagePrompt:
     """What the sampler injects: the IP tokens (cond from the image, uncond from zero pixels), [1, 64, 768] each;
-    the per-layer weights; the scale. `text_tokens` (cond, uncond) is set only with faithful_bugs in the two-image
-    modes: the base image's tokens, appended to the text context as the official code does (§9 item 7)."""
+    the per-layer weights; the scale. two_images: made from a second image (appearance / paste), whose tokens these
+    are. `text_tokens` (cond, uncond) is set only with faithful_bugs in the two-image modes: the base image's
+    tokens, appended to the text context as the official code does (§9 item 7)."""
 
     cond: torch.Tensor
     uncond: torch.Tensor
     layers: tuple
     scale: float = IP_SCALE
     text_tokens: tuple | None = None
+    two_images: bool = False
 
 
 def batch_tokens(cond: torch.Tensor, uncond: torch.Tensor, cond_or_uncond, batch: int) -> torch.Tensor:

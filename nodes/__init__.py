@@ -1,11 +1,11 @@
 """The pack's ComfyUI nodes (V3 schema). Each module lists its node classes in `NODES`."""
 from comfy_api.latest import ComfyExtension, io
 
-from . import (aldd, cross_attention, demo_model, energy_guidance, features, guided_sampler, inversion, lora, motion,
-               points, tracker)
+from . import (aldd, cross_attention, demo_model, energy_guidance, features, guided_sampler, image_prompt, inversion,
+               lora, motion, points, tracker)
 
 _MODULES = (demo_model, lora, inversion, features, cross_attention, points, motion, tracker, aldd, energy_guidance,
-            guided_sampler)
+            image_prompt, guided_sampler)
 
 
 class DragEditExtension(ComfyExtension):

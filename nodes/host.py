@@ -524,3 +524,178 @@ def save_identity_lora(model, fitted: IdentityLoRA, filename_prefix: str) -> str
                                                           final_loss=float(fitted.losses[-1])))}
     safetensors.torch.save_file(tensors, path, metadata=metadata)
     return os.path.relpath(path, loras)
+
+
+# --- Image prompt (issue 14: DiffEditor's IP-Adapter variant) --------------------------------------------------------
+
+IP_ADAPTER_FOLDER = "ipadapter"   # models/ipadapter: the folder IPAdapter_plus registers for the same kind of file
+
+
+def ip_adapter_files() -> list:
+    """The files in ComfyUI's `ipadapter` model folder (registered here when no other pack has)."""
+    import os
+
+    import folder_paths
+
+    if IP_ADAPTER_FOLDER not in folder_paths.folder_names_and_paths:
+        folder_paths.folder_names_and_paths[IP_ADAPTER_FOLDER] = (
+            [os.path.join(folder_paths.models_dir, IP_ADAPTER_FOLDER)], folder_paths.supported_pt_extensions)
+    return folder_paths.get_filename_list(IP_ADAPTER_FOLDER)
+
+
+def load_image_prompt_model(name: str, node: str, input_name: str):
+    """kernels.image_prompt.ImagePromptModel of a file in the ipadapter folder, read safely and checked key by key."""
+    import folder_paths
+
+    from ..kernels import image_prompt
+
+    ip_adapter_files()
+    fix = ("Download DiffEditor's ip_sd15_64.bin (huggingface.co/Adapter/DragonDiffusion, models/) into "
+           f"ComfyUI/models/{IP_ADAPTER_FOLDER}")
+    path = folder_paths.get_full_path(IP_ADAPTER_FOLDER, name)
+    if path is None:
+        raise DragEditInputError(node, input_name, f"'{name}' is not in models/{IP_ADAPTER_FOLDER}", fix)
+    try:
+        state_dict = image_prompt.read_state_dict(path)
+    except ValueError as err:
+        raise DragEditInputError(node, input_name, f"'{name}' {err}", fix) from None
+    try:
+        return image_prompt.ImagePromptModel.from_state_dict(state_dict)
+    except ValueError as err:
+        raise DragEditInputError(node, input_name, f"'{name}' is not DiffEditor's image-prompt file ({err})",
+                                 fix) from None
+
+
+def clip_vision_hidden_states(clip_vision, image, node: str, input_name: str):
+    """(cond, uncond) CLIP ViT-H/14 penultimate hidden states [1, 257, 1280] of IMAGE [1, H, W, C], as the official
+    code feeds its Resampler: the image squashed to 256 x 256, then CLIP's 224 px preprocessing; uncond from
+    all-zero pixel values (the normalised input, not a black image: dragondiff.py get_image_embeds)."""
+    import comfy.clip_vision
+
+    from ..kernels import image_prompt
+
+    if clip_vision is None:
+        raise DragEditInputError(node, "clip_vision", "is not connected",
+                                 "Load CLIP-ViT-H-14-laion2B-s32B-b79K (the IP-Adapter image encoder) with Load CLIP "
+                                 "Vision and connect it")
+    width = clip_vision.model.vision_model.embeddings.patch_embedding.weight.shape[0]
+    if width != image_prompt.CLIP_WIDTH:
+        raise DragEditInputError(node, "clip_vision", f"is {width} wide, not ViT-H/14's {image_prompt.CLIP_WIDTH}",
+                                 "Load CLIP-ViT-H-14-laion2B-s32B-b79K (the IP-Adapter image encoder); ViT-L/14 "
+                                 "and ViT-bigG do not fit the image-prompt weights")
+    if image.ndim != 4 or image.shape[0] != 1:
+        raise DragEditInputError(node, input_name, f"holds a batch of {image.shape[0]} images",
+                                 "Connect one image (Image From Batch picks one)")
+    size = image_prompt.IMAGE_SIZE
+    squashed = torch.nn.functional.interpolate(image[..., :3].movedim(-1, 1).float(), size=(size, size),
+                                               mode="bicubic", antialias=True).movedim(1, -1).clamp(0, 1)
+    pixels = comfy.clip_vision.clip_preprocess(squashed.to(clip_vision.load_device), size=clip_vision.image_size,
+                                               mean=clip_vision.image_mean, std=clip_vision.image_std, crop=True)
+    comfy.model_management.load_model_gpu(clip_vision.patcher)
+    states = []
+    for values in (pixels.float(), torch.zeros_like(pixels, dtype=torch.float32)):
+        hidden = clip_vision.model(pixel_values=values, intermediate_output=-2)[1]
+        states.append(hidden.float().to(comfy.model_management.intermediate_device()))
+    return tuple(states)
+
+
+def cross_attention_layers(model, node: str, input_name: str = "model") -> list:
+    """ComfyUI attn2 patch keys (block, id, transformer index) of every cross-attention in diffusers' order (input
+    blocks, output blocks, then the middle block), the order of the image-prompt file; with their widths."""
+    unet = model.model.diffusion_model
+    layers = []
+    for block_name, blocks in (("input", unet.input_blocks), ("output", unet.output_blocks),
+                               ("middle", [unet.middle_block])):
+        for block_id, block in enumerate(blocks):
+            for layer in block:
+                for index, transformer in enumerate(getattr(layer, "transformer_blocks", ())):
+                    if getattr(transformer, "attn2", None) is not None:
+                        layers.append(((block_name, block_id, index), transformer.attn2.to_q.weight.shape[0]))
+    return layers
+
+
+def _run_step(extra_options):
+    """The PlanStep being evaluated, from the run's context at transformer_options["dragedit"] (None outside a
+    DragEdit run)."""
+    return getattr(extra_options.get("dragedit"), "step", None)
+
+
+class ImagePromptPatch(_Patch):
+    """attn2 replace of one cross-attention: its text attention (or the replace patch found there, kept) plus
+    scale x the image-prompt term, on plan steps with `image_prompt` in the denoise phase only, so never in the
+    inversion, the time-travel re-noise or the estimator (dragondiffusion.md §6, attention_processor.py:L248-260)."""
+
+    image_prompt = True
+
+    def __init__(self, prompt, w_k, w_v, inner=None):
+        self.prompt, self.w_k, self.w_v, self.inner = prompt, w_k, w_v, inner
+        self._on_device = {}
+
+    def _weights(self, like):
+        key = (like.device, like.dtype)
+        if key not in self._on_device:
+            self._on_device[key] = tuple(t.to(like) for t in (self.w_k, self.w_v, self.prompt.cond, self.prompt.uncond))
+        return self._on_device[key]
+
+    def __call__(self, q, k, v, extra_options):
+        import comfy.ldm.modules.attention as attention
+
+        from ..kernels import image_prompt
+
+        heads = extra_options["n_heads"]
+
+        def attend(q_, k_, v_, heads_):
+            return attention.optimized_attention(q_, k_, v_, heads_, attn_precision=extra_options.get("attn_precision"))
+
+        out = self.inner(q, k, v, extra_options) if self.inner is not None else attend(q, k, v, heads)
+        step = _run_step(extra_options)
+        if step is None or not step.image_prompt or step.phase != "denoise":
+            return out
+        w_k, w_v, cond, uncond = self._weights(q)
+        tokens = image_prompt.batch_tokens(cond, uncond, extra_options["cond_or_uncond"], q.shape[0])
+        return out + self.prompt.scale * image_prompt.image_prompt_term(q, tokens, w_k, w_v, heads, attend)
+
+
+class TextTokenLeakPatch(_Patch):
+    """attn2_patch of the faithful two-image mode: the base image's IP tokens appended to the text context of every
+    cross-attention, on every sampling and re-noise call (the official 128-token context, §9 item 7)."""
+
+    image_prompt = True
+
+    def __init__(self, cond, uncond):
+        self.cond, self.uncond = cond, uncond
+
+    def __call__(self, n, context_attn2, value_attn2, extra_options):
+        from ..kernels import image_prompt
+
+        step = _run_step(extra_options)
+        if step is None or step.phase not in ("denoise", "renoise"):
+            return n, context_attn2, value_attn2
+        tokens = image_prompt.batch_tokens(self.cond, self.uncond, extra_options["cond_or_uncond"],
+                                           context_attn2.shape[0]).to(context_attn2)
+        return n, torch.cat([context_attn2, tokens], 1), torch.cat([value_attn2, tokens], 1)
+
+
+def with_image_prompt(transformer_options: dict, model, prompt, node: str, input_name: str = "image_prompt") -> dict:
+    """A copy of transformer_options with the image prompt on every cross-attention of the model; a clear error
+    when the model's cross-attentions are not the ones the file was trained for (SD 1.5's 16)."""
+    from ..kernels import image_prompt
+
+    layers = cross_attention_layers(model, node)
+    widths = tuple(width for _, width in layers)
+    if widths != image_prompt.SD15_CROSS_ATTENTION_WIDTHS:
+        raise DragEditInputError(node, input_name, f"holds weights for SD 1.5's 16 cross-attentions, but the model has "
+                                 f"{len(widths)} of widths {sorted(set(widths))}",
+                                 "Use the image prompt with an SD 1.5 checkpoint (ip_sd15_64.bin is for SD 1.5)")
+    options = dict(transformer_options)
+    replace = dict(options.get("patches_replace", {}))
+    attn2 = dict(replace.get("attn2", {}))
+    for (key, _), (w_k, w_v) in zip(layers, prompt.layers):
+        attn2[key] = ImagePromptPatch(prompt, w_k, w_v, inner=attn2.get(key, attn2.get(key[:2])))
+    replace["attn2"] = attn2
+    options["patches_replace"] = replace
+    if prompt.text_tokens is not None:
+        patches = dict(options.get("patches", {}))
+        patches["attn2_patch"] = list(patches.get("attn2_patch", [])) + [TextTokenLeakPatch(*prompt.text_tokens)]
+        options["patches"] = patches
+    return options

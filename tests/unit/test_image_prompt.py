@@ -1,51 +1,14 @@
 """DiffEditor's image prompt in plain torch (kernels/image_prompt.py): the official file's layout (written out here
 from the official code, not from the kernel), the safe reader, the Resampler against an independent formulation,
 and the injected attention term."""
-import functools
 import math
 
 import pytest
 import torch
 
 from comfyui_dragedit.kernels import image_prompt as ip
-
-# ip_sd15_64.bin as the official code builds it (dragondiff.py init_proj / load_adapter; attention_processor.py
-# Resampler, PerceiverAttention, FeedForward, IPAttnProcessor): Resampler(dim=768, depth=4, dim_head=64, heads=12,
-# num_queries=64, embedding_dim=1280, output_dim=768, ff_mult=4), and the 32 attention processors of SD 1.5's
-# UNet in diffusers order (down_blocks 0-2, up_blocks 1-3, mid_block; attn1 then attn2), attn2 ones with weights.
-OFFICIAL_IMAGE_PROJ = {"latents": (1, 64, 768), "proj_in.weight": (768, 1280), "proj_in.bias": (768,),
-                       "proj_out.weight": (768, 768), "proj_out.bias": (768,), "norm_out.weight": (768,),
-                       "norm_out.bias": (768,)}
-for _layer in range(4):
-    for _name, _shape in (("0.norm1.weight", (768,)), ("0.norm1.bias", (768,)), ("0.norm2.weight", (768,)),
-                          ("0.norm2.bias", (768,)), ("0.to_q.weight", (768, 768)), ("0.to_kv.weight", (1536, 768)),
-                          ("0.to_out.weight", (768, 768)), ("1.0.weight", (768,)), ("1.0.bias", (768,)),
-                          ("1.1.weight", (3072, 768)), ("1.3.weight", (768, 3072))):
-        OFFICIAL_IMAGE_PROJ[f"layers.{_layer}.{_name}"] = _shape
-_WIDTHS = [320] * 2 + [640] * 2 + [1280] * 2 + [1280] * 3 + [640] * 3 + [320] * 3 + [1280]
-OFFICIAL_IP_ADAPTER = {f"{2 * k + 1}.{name}.weight": (width, 768)
-                       for k, width in enumerate(_WIDTHS) for name in ("to_k_ip", "to_v_ip")}
-
-
-def random_official_state_dict(seed=0):
-    """Random weights in the official file's exact layout (fp16, as the released file); a fresh dict per call
-    (tensors shared), so a test may add or drop entries."""
-    return {group: dict(tensors) for group, tensors in _random_official(seed).items()}
-
-
-@functools.lru_cache(maxsize=2)
-def _random_official(seed, dtype=torch.float16):
-    g = torch.Generator().manual_seed(seed)
-
-    def tensor(key, shape):
-        if key.endswith("bias"):
-            return (torch.randn(shape, generator=g) * 0.02).to(dtype)
-        if len(shape) == 1:   # LayerNorm weights
-            return (1 + 0.1 * torch.randn(shape, generator=g)).to(dtype)
-        return (torch.randn(shape, generator=g) / math.sqrt(shape[-1])).to(dtype)
-
-    return {"image_proj": {k: tensor(k, s) for k, s in OFFICIAL_IMAGE_PROJ.items()},
-            "ip_adapter": {k: tensor(k, s) for k, s in OFFICIAL_IP_ADAPTER.items()}}
+from tests.support.image_prompt_file import (OFFICIAL_IMAGE_PROJ, OFFICIAL_IP_ADAPTER, SD15_WIDTHS, CodePayload,
+                                             random_official_state_dict)
 
 
 def test_layout_is_the_official_files():
@@ -58,7 +21,7 @@ def test_layout_is_the_official_files():
 def test_a_file_in_the_official_layout_loads_and_gives_64_tokens_of_768():
     model = ip.ImagePromptModel.from_state_dict(random_official_state_dict())
     assert len(model.layers) == 16
-    assert [w_k.shape[0] for w_k, _ in model.layers] == _WIDTHS
+    assert [w_k.shape[0] for w_k, _ in model.layers] == SD15_WIDTHS
     tokens = model.tokens(torch.randn(2, 257, 1280))
     assert tokens.shape == (2, 64, 768) and tokens.dtype == torch.float32 and torch.isfinite(tokens).all()
 
@@ -124,20 +87,10 @@ def test_reader_takes_the_released_pickle_and_safetensors(tmp_path):
     ip.check_state_dict(ip.read_state_dict(str(tmp_path / "ip.safetensors")))
 
 
-class _Payload:
-    """A pickle that runs code when loaded by an unrestricted unpickler (it would create a file)."""
-
-    def __init__(self, path):
-        self.path = path
-
-    def __reduce__(self):
-        return (open, (self.path, "w"))
-
-
 def test_a_pickle_that_is_not_plain_tensors_is_refused_without_running_it(tmp_path):
     marker = tmp_path / "ran"
     bad = tmp_path / "bad.bin"
-    torch.save({"image_proj": {"latents": _Payload(str(marker))}, "ip_adapter": {}}, bad)
+    torch.save({"image_proj": {"latents": CodePayload(str(marker))}, "ip_adapter": {}}, bad)
     with pytest.raises(ValueError, match=r"not a plain tensor file: .*\(Unsupported global: GLOBAL io.open\)$"):
         ip.read_state_dict(str(bad))
     assert not marker.exists()

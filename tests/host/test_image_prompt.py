@@ -1,0 +1,309 @@
+"""DiffEditor's image prompt in-process: the loader on files in the official layout (and bad ones), the tokens from a
+CLIP vision model, and the injection into a UNet with SD 1.5's real widths: every cross-attention gets its own
+to_k_ip / to_v_ip term times the scale, on the plan's image-prompt steps of the denoise phase only."""
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from comfyui_dragedit.kernels import image_prompt as ip
+from comfyui_dragedit.kernels import plan
+from comfyui_dragedit.nodes import host
+from comfyui_dragedit.nodes.errors import DragEditInputError
+from comfyui_dragedit.nodes.image_prompt import DragEditImagePrompt, DragEditImagePromptLoader
+from tests.support.comfy_inproc import run_node
+from tests.support.image_prompt_file import CodePayload, random_official_state_dict
+
+# SD 1.5's cross-attentions in the order of the official file (diffusers: down, up, mid), as ComfyUI names them;
+# the k-th one's weights are the file's "{2k+1}.to_k_ip.weight" / "{2k+1}.to_v_ip.weight".
+SD15_CROSS_ATTENTIONS = ([("input", b, 0) for b in (1, 2, 4, 5, 7, 8)] + [("output", b, 0) for b in range(3, 12)]
+                         + [("middle", 0, 0)])
+
+
+@pytest.fixture
+def ipadapter_dir(tmp_path, monkeypatch, comfy_nodes):
+    import folder_paths
+
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "ipadapter",
+                        ([str(tmp_path)], folder_paths.supported_pt_extensions))
+    return tmp_path
+
+
+@pytest.fixture(scope="module")
+def official_file_sd():
+    return random_official_state_dict(7)
+
+
+def _load(name):
+    return run_node(DragEditImagePromptLoader, ip_adapter_file=name).result[0]
+
+
+def test_loader_reads_a_file_in_the_official_layout(ipadapter_dir, official_file_sd):
+    torch.save(official_file_sd, ipadapter_dir / "ip_sd15_64.bin")
+    model = _load("ip_sd15_64.bin")
+    assert len(model.layers) == 16
+    torch.testing.assert_close(model.layers[15][1], official_file_sd["ip_adapter"]["31.to_v_ip.weight"].float())
+    assert "ip_sd15_64.bin" in host.ip_adapter_files()
+
+
+def _loader_error(name):
+    with pytest.raises(DragEditInputError) as err:
+        _load(name)
+    assert err.value.input_name == "ip_adapter_file" and "ip_sd15_64.bin" in err.value.fix
+    return str(err.value)
+
+
+def test_loader_refuses_missing_foreign_keys_and_pickled_code(ipadapter_dir, official_file_sd):
+    missing = {group: dict(tensors) for group, tensors in official_file_sd.items()}
+    del missing["image_proj"]["layers.3.1.3.weight"]
+    torch.save(missing, ipadapter_dir / "missing.bin")
+    assert "image_proj missing: layers.3.1.3.weight" in _loader_error("missing.bin")
+    foreign = {group: dict(tensors) for group, tensors in official_file_sd.items()}
+    foreign["ip_adapter"]["33.to_k_ip.weight"] = torch.zeros(320, 768)
+    torch.save(foreign, ipadapter_dir / "foreign.bin")
+    assert "ip_adapter foreign: 33.to_k_ip.weight" in _loader_error("foreign.bin")
+    marker = ipadapter_dir / "ran"
+    torch.save({"image_proj": CodePayload(str(marker)), "ip_adapter": {}}, ipadapter_dir / "code.bin")
+    assert "is not a plain tensor file" in _loader_error("code.bin")
+    assert not marker.exists()
+    assert "is not in models/ipadapter" in _loader_error("absent.bin")
+
+
+def _clip_vision(width, tmp_path):
+    """A 2-layer CLIP vision model of the given width at random weights, built as CLIPVisionLoader builds one."""
+    import comfy.clip_vision
+
+    config = dict(attention_dropout=0.0, dropout=0.0, hidden_act="gelu", hidden_size=width, image_size=224,
+                  initializer_factor=1.0, initializer_range=0.02, intermediate_size=width, layer_norm_eps=1e-5,
+                  model_type="clip_vision_model", num_attention_heads=16, num_channels=3, num_hidden_layers=2,
+                  patch_size=14, projection_dim=1024, torch_dtype="float32")
+    path = tmp_path / f"clip_vision_{width}.json"
+    path.write_text(json.dumps(config))
+    clip_vision = comfy.clip_vision.ClipVisionModel(str(path))
+    g = torch.Generator().manual_seed(width)
+    with torch.no_grad():
+        for name, p in clip_vision.model.named_parameters():
+            if p.ndim == 1 and "norm" in name:
+                p.copy_(torch.ones_like(p) if name.endswith("weight") else torch.zeros_like(p))
+            else:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.02)
+    return clip_vision
+
+
+@pytest.fixture(scope="module")
+def vit_h(tmp_path_factory, comfy_nodes):
+    return _clip_vision(ip.CLIP_WIDTH, tmp_path_factory.mktemp("clip"))
+
+
+@pytest.fixture(scope="module")
+def ip_model(official_file_sd):
+    return ip.ImagePromptModel.from_state_dict(official_file_sd)
+
+
+def _images(seed, count=1, size=96):
+    return torch.rand(count, size, size, 3, generator=torch.Generator().manual_seed(seed))
+
+
+def _prompt(ip_model, vit_h, image, **kw):
+    widgets = dict(scale=ip.IP_SCALE, faithful_bugs=False)
+    widgets.update(kw)
+    return run_node(DragEditImagePrompt, ip_adapter=ip_model, image=image, clip_vision=vit_h, **widgets).result[0]
+
+
+def test_tokens_come_from_the_image_and_uncond_from_zero_pixels(ip_model, vit_h):
+    a, b = _prompt(ip_model, vit_h, _images(0)), _prompt(ip_model, vit_h, _images(1))
+    assert a.cond.shape == a.uncond.shape == (1, 64, 768)
+    assert torch.isfinite(a.cond).all() and not a.two_images and a.text_tokens is None
+    assert not torch.allclose(a.cond, b.cond, atol=1e-4)
+    assert torch.equal(a.uncond, b.uncond)
+    with torch.inference_mode():
+        zero_pixels = vit_h.model(pixel_values=torch.zeros(1, 3, 224, 224), intermediate_output=-2)[1]
+    torch.testing.assert_close(a.uncond, ip_model.tokens(zero_pixels))
+    assert a.layers is ip_model.layers and a.scale == 0.1
+
+
+def test_two_image_modes_prompt_with_the_replace_image(ip_model, vit_h):
+    base, replace = _images(0), _images(1)
+    fixed = run_node(DragEditImagePrompt, ip_adapter=ip_model, image=base, image_replace=replace, clip_vision=vit_h,
+                     scale=0.1, faithful_bugs=False).result[0]
+    faithful = run_node(DragEditImagePrompt, ip_adapter=ip_model, image=base, image_replace=replace,
+                        clip_vision=vit_h, scale=0.1, faithful_bugs=True).result[0]
+    alone = _prompt(ip_model, vit_h, replace)
+    assert fixed.two_images and torch.equal(fixed.cond, alone.cond) and fixed.text_tokens is None
+    assert torch.equal(faithful.cond, alone.cond)
+    base_alone = _prompt(ip_model, vit_h, base)
+    assert torch.equal(faithful.text_tokens[0], base_alone.cond)
+    assert torch.equal(faithful.text_tokens[1], base_alone.uncond)
+
+
+def test_bad_clip_vision_and_batches_are_refused(ip_model, vit_h, tmp_path):
+    def error(**inputs):
+        with pytest.raises(DragEditInputError) as err:
+            run_node(DragEditImagePrompt, ip_adapter=ip_model, scale=0.1, faithful_bugs=False, **inputs)
+        return err.value
+
+    err = error(image=_images(0))
+    assert err.input_name == "clip_vision" and "not connected" in str(err) and "ViT-H-14" in err.fix
+    err = error(image=_images(0), clip_vision=_clip_vision(1024, tmp_path))
+    assert err.input_name == "clip_vision" and "is 1024 wide, not ViT-H/14's 1280" in str(err)
+    err = error(image=_images(0, count=2), clip_vision=vit_h)
+    assert err.input_name == "image" and "batch of 2" in str(err)
+
+
+@dataclasses.dataclass
+class _Run:
+    step: object
+
+
+def _patch_outputs(prompt, step):
+    """One layer's patch called as ComfyUI calls an attn2 replace, and the plain text attention."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 16, 320, generator=g) for _ in range(3))
+    w_k, w_v = prompt.layers[0]
+    patch = host.ImagePromptPatch(prompt, w_k, w_v)
+    extra = dict(n_heads=8, dim_head=40, cond_or_uncond=[1, 0])
+    if step is not None:
+        extra["dragedit"] = _Run(step)
+    return patch(q, k, v, extra), ip.attention(q, k, v, 8)
+
+
+def test_the_patch_is_on_exactly_the_plans_image_prompt_steps(ip_model, vit_h):
+    prompt = _prompt(ip_model, vit_h, _images(0))
+    active = []
+    for step in plan.dragon_plan("D+", "move", 50):
+        out, text_only = _patch_outputs(prompt, step)
+        if not torch.allclose(out, text_only, atol=1e-6):
+            active.append(step.i)
+        renoise = dataclasses.replace(step, phase="renoise")
+        assert torch.allclose(_patch_outputs(prompt, renoise)[0], text_only, atol=1e-6)
+    assert active == list(range(10, 20))
+    out, text_only = _patch_outputs(prompt, None)   # outside a DragEdit run (a stock sampler): off
+    assert torch.allclose(out, text_only, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def sd15_unet(comfy_nodes):
+    """SD 1.5's UNet with its real widths (859.5M parameters) at random weights, float32 on the CPU."""
+    import comfy.model_management
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    from tests.support.tiny_sd15 import CHANNEL_MULT, UNET_COMMON, init_default_weights
+
+    torch.manual_seed(0)
+    config = comfy.supported_models.SD15(dict(UNET_COMMON, channel_mult=CHANNEL_MULT["full"]))
+    config.set_inference_dtype(torch.float32, None)
+    with torch.inference_mode():
+        base = config.get_model({}, "", device="cpu")
+        init_default_weights(base.diffusion_model.modules())
+    return comfy.model_patcher.ModelPatcher(base, load_device=comfy.model_management.get_torch_device(),
+                                            offload_device="cpu")
+
+
+def _attn2(model, key):
+    unet = model.model.diffusion_model
+    block_name, block_id, index = key
+    blocks = {"input": unet.input_blocks, "output": unet.output_blocks, "middle": [unet.middle_block]}[block_name]
+    layer = next(layer for layer in blocks[block_id] if hasattr(layer, "transformer_blocks"))
+    return layer.transformer_blocks[index].attn2
+
+
+def _run_recording(model, options, step, context):
+    """One CFG-batch UNet call at `step`; records each cross-attention's input n and output (after to_out)."""
+    seen_in, seen_out = {}, {}
+
+    def record_in(n, context_attn2, value_attn2, extra):
+        seen_in[(*extra["block"], extra["block_index"])] = (n.clone(), context_attn2.clone())
+        return n, context_attn2, value_attn2
+
+    def record_out(n, extra):
+        seen_out[(*extra["block"], extra["block_index"])] = n.clone()
+        return n
+
+    options = dict(options)
+    patches = dict(options.get("patches", {}))
+    patches["attn2_patch"] = list(patches.get("attn2_patch", [])) + [record_in]
+    patches["attn2_output_patch"] = list(patches.get("attn2_output_patch", [])) + [record_out]
+    options["patches"] = patches
+    options["dragedit"] = _Run(step)
+    runner = host.UNetRunner(model)
+    z = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        runner.denoise_call(z, step.t, context, options, [1, 0])
+    return seen_in, seen_out
+
+
+def _expected(attn2, n, context, heads, ip_tokens=None, w=None, scale=0.0):
+    """to_out(attention(q, k_text, v_text) + scale attention(q, W_k tokens, W_v tokens)), in plain torch."""
+    with torch.inference_mode():
+        q = attn2.to_q(n)
+        out = ip.attention(q, attn2.to_k(context), attn2.to_v(context), heads)
+        if ip_tokens is not None:
+            out = out + scale * ip.attention(q, ip_tokens @ w[0].T, ip_tokens @ w[1].T, heads)
+        return attn2.to_out(out)
+
+
+@pytest.fixture(scope="module")
+def sd15_prompt(ip_model, vit_h):
+    return dataclasses.replace(_prompt(ip_model, vit_h, _images(0)), scale=0.3)
+
+
+def test_every_cross_attention_gets_its_own_weights_times_the_scale(sd15_unet, sd15_prompt, official_file_sd):
+    model, prompt = sd15_unet, sd15_prompt
+    assert [key for key, _ in host.cross_attention_layers(model, "test")] == SD15_CROSS_ATTENTIONS
+    runner = host.UNetRunner(model)
+    options = host.with_image_prompt(runner.transformer_options(), model, prompt, "test")
+    context = torch.randn(2, 77, 768, generator=torch.Generator().manual_seed(2))
+    on = next(s for s in plan.dragon_plan("D+", "move", 50) if s.image_prompt)
+    seen_in, seen_out = _run_recording(model, options, on, context)
+    tokens = torch.cat([prompt.uncond, prompt.cond])   # batch order [uncond, cond] = cond_or_uncond [1, 0]
+    assert set(seen_out) == set(SD15_CROSS_ATTENTIONS)
+    for k, key in enumerate(SD15_CROSS_ATTENTIONS):
+        file_weights = [official_file_sd["ip_adapter"][f"{2 * k + 1}.{name}.weight"].float()
+                        for name in ("to_k_ip", "to_v_ip")]
+        attn2 = _attn2(model, key)
+        n, ctx = seen_in[key]
+        expected = _expected(attn2, n, ctx, attn2.heads, tokens, file_weights, prompt.scale)
+        without = _expected(attn2, n, ctx, attn2.heads)
+        torch.testing.assert_close(seen_out[key], expected, rtol=1e-4, atol=1e-4, msg=str(key))
+        assert (seen_out[key] - without).abs().max() > 1e-3, key
+
+
+def test_no_term_off_the_image_prompt_steps_nor_in_the_renoise(sd15_unet, sd15_prompt):
+    model, prompt = sd15_unet, sd15_prompt
+    runner = host.UNetRunner(model)
+    options = host.with_image_prompt(runner.transformer_options(), model, prompt, "test")
+    context = torch.randn(2, 77, 768, generator=torch.Generator().manual_seed(2))
+    steps = plan.dragon_plan("D+", "move", 50)
+    off = steps[9]
+    renoise = dataclasses.replace(steps[12], phase="renoise")
+    assert not off.image_prompt and steps[12].image_prompt
+    for step in (off, renoise):
+        seen_in, seen_out = _run_recording(model, options, step, context)
+        for key in SD15_CROSS_ATTENTIONS:
+            attn2 = _attn2(model, key)
+            n, ctx = seen_in[key]
+            torch.testing.assert_close(seen_out[key], _expected(attn2, n, ctx, attn2.heads), rtol=1e-4, atol=1e-4)
+
+
+def test_faithful_two_image_mode_appends_the_base_tokens_to_the_text(sd15_unet, ip_model, vit_h):
+    model = sd15_unet
+    prompt = run_node(DragEditImagePrompt, ip_adapter=ip_model, image=_images(0), image_replace=_images(1),
+                      clip_vision=vit_h, scale=0.1, faithful_bugs=True).result[0]
+    runner = host.UNetRunner(model)
+    options = host.with_image_prompt(runner.transformer_options(), model, prompt, "test")
+    context = torch.randn(2, 77, 768, generator=torch.Generator().manual_seed(2))
+    off = plan.dragon_plan("D+", "paste", 50)[3]
+    seen_in, _ = _run_recording(model, options, off, context)
+    base_tokens = torch.cat(prompt.text_tokens[::-1])   # [uncond, cond]
+    for key in SD15_CROSS_ATTENTIONS:
+        _, ctx = seen_in[key]
+        assert ctx.shape == (2, 77 + 64, 768)
+        torch.testing.assert_close(ctx[:, 77:], base_tokens)
+
+
+def test_a_model_without_sd15s_cross_attentions_is_refused(sd15, sd15_prompt):
+    with pytest.raises(DragEditInputError) as err:
+        host.with_image_prompt({}, sd15[0], sd15_prompt, "test")
+    assert err.value.input_name == "image_prompt" and "SD 1.5" in err.value.fix

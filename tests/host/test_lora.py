@@ -1,0 +1,246 @@
+"""Identity LoRA in-process: the patches it adds (every attention projection, as weight patches on a clone), that
+it fits the image (the demo model's denoising error on that image drops), determinism, progress and interruption,
+the VAE posterior, a saved file that the stock LoRA loader reads back to the same output, and the errors."""
+import re
+
+import pytest
+import safetensors
+import torch
+
+from comfyui_dragedit.kernels import schedule
+from comfyui_dragedit.nodes import demo_model, host
+from comfyui_dragedit.nodes.errors import DragEditInputError
+from comfyui_dragedit.nodes.lora import DragEditIdentityLoRA
+from tests.support.comfy_inproc import run_node
+from tools import scenes
+
+# The attention projections of an SD-1.x UNet as its state dict names them, independently of the pack's pattern.
+PROJECTION_KEY = re.compile(r"^diffusion_model\..*\.transformer_blocks\.\d+\.attn[12]\.(to_q|to_k|to_v|to_out\.0)"
+                            r"\.weight$")
+SD15_ATTENTION_LAYERS = 16 * 2   # 16 transformer blocks (6 down, 1 mid, 9 up), self- and cross-attention each
+
+
+def _widgets(**overrides):
+    return {**dict(steps=2, rank=4, lr=5e-4, batch_size=2, seed=0), **overrides}
+
+
+def _eps(model, z, t, context):
+    runner = host.UNetRunner(model)
+    with torch.inference_mode():
+        return runner.denoise_call(z.to(runner.device), t, context, runner.transformer_options(), [0])
+
+
+@pytest.fixture(scope="module")
+def latent():
+    return {"samples": torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))}
+
+
+@pytest.fixture(scope="module")
+def empty(encode_text):
+    return encode_text("")
+
+
+@pytest.fixture(scope="module")
+def fitted(sd15, latent, empty):
+    model = sd15[0]
+    z = host.latent_to_z(model, latent, "test")
+    before = _eps(model, z, 501, empty[0][0])
+    out = run_node(DragEditIdentityLoRA, model=model, latent=latent, positive=empty, **_widgets()).result[0]
+    return out, before, z
+
+
+def test_lora_patches_every_attention_projection_of_a_clone(sd15, fitted):
+    model = sd15[0]
+    lora_model, _, _ = fitted
+    expected = {k for k in model.model.state_dict() if PROJECTION_KEY.match(k)}
+    assert len(expected) == SD15_ATTENTION_LAYERS * 4
+    assert set(lora_model.patches) == expected
+    weights = model.model.state_dict()
+    for key, patch_list in lora_model.patches.items():
+        (strength, adapter, *_), = patch_list
+        up, down, alpha = adapter.weights[:3]
+        assert strength == 1.0 and alpha == 4.0
+        assert up.shape == (weights[key].shape[0], 4) and down.shape == (4, weights[key].shape[1])
+    assert lora_model is not model and not model.patches and not model.weight_wrapper_patches
+
+
+def test_input_model_is_unchanged_and_the_lora_model_differs(sd15, fitted, empty):
+    model = sd15[0]
+    lora_model, before, z = fitted
+    after = _eps(model, z, 501, empty[0][0])
+    assert torch.equal(before, after)
+    with_lora = _eps(lora_model, z, 501, empty[0][0])
+    assert torch.isfinite(with_lora).all()
+    assert (with_lora - before).abs().max() > 1e-4
+
+
+def _pairs(model):
+    return {key: [t.clone() for t in patches[0][1].weights[:2]] for key, patches in model.patches.items()}
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return host.load_demo_model(demo_model.DEMO_MODEL_FILE)
+
+
+@pytest.fixture(scope="module")
+def scene_latent(demo):
+    image = torch.from_numpy(scenes.training_images(777, 1)).float() / 255.0
+    with torch.inference_mode():
+        return {"samples": demo[2].encode(image)}
+
+
+def test_same_seed_same_lora_other_seed_another(demo, scene_latent):
+    runs = [_pairs(run_node(DragEditIdentityLoRA, model=demo[0], latent=scene_latent,
+                            **_widgets(steps=3, seed=seed)).result[0]) for seed in (0, 0, 1)]
+    assert runs[0].keys() == runs[1].keys() == runs[2].keys()
+    assert all(torch.equal(a, b) for k in runs[0] for a, b in zip(runs[0][k], runs[1][k]))
+    assert not all(torch.equal(a, b) for k in runs[0] for a, b in zip(runs[0][k], runs[2][k]))
+
+
+def _denoising_error(model, z0, draws=24):
+    """Mean epsilon MSE of the model on this latent over fixed noise and timesteps (the recipe's own loss)."""
+    runner = host.UNetRunner(model)
+    g = torch.Generator().manual_seed(1234)
+    errors = []
+    for k in range(draws):
+        t = 50 + 40 * k
+        noise = torch.randn(z0.shape, generator=g)
+        ab = float(runner.alphas_cumprod[t])
+        z_t = ab ** 0.5 * z0 + (1 - ab) ** 0.5 * noise
+        with torch.inference_mode():
+            eps = runner.denoise_call(z_t.to(runner.device), t, torch.zeros(1, 77, 768), runner.transformer_options(),
+                                      [0])
+        errors.append(float((eps.cpu() - noise).pow(2).mean()))
+    return sum(errors) / len(errors)
+
+
+def test_the_paper_recipe_fits_its_image_on_the_demo_model(demo):
+    """GoodDrag's recipe (70 steps) lowers the demo UNet's denoising error on the image it was fitted to, and more
+    than on other images: it learns that image's identity (measured: 0.93 of the error on it, 1.00-1.04 on
+    three others)."""
+    model, _, vae = demo
+    images = torch.from_numpy(scenes.training_images(777, 4)).float() / 255.0
+    with torch.inference_mode():
+        latents = [{"samples": vae.encode(images[k:k + 1])} for k in range(4)]
+    lora_model = run_node(DragEditIdentityLoRA, model=model, latent=latents[0], steps=70, rank=16, lr=5e-4,
+                          batch_size=4, seed=0).result[0]
+    ratios = []
+    for latent in latents:
+        z0 = host.latent_to_z(model, latent, "test")
+        ratios.append(_denoising_error(lora_model, z0) / _denoising_error(model, z0))
+    assert ratios[0] < 0.96 and ratios[0] < min(ratios[1:]) - 0.03, ratios
+
+
+def test_progress_counts_up_and_interruption_stops(demo, scene_latent):
+    import comfy.model_management
+    import comfy.utils
+
+    seen = []
+    comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: seen.append((value, total)))
+    try:
+        run_node(DragEditIdentityLoRA, model=demo[0], latent=scene_latent, **_widgets(steps=4))
+    finally:
+        comfy.utils.set_progress_bar_global_hook(None)
+    assert seen == [(k, 4) for k in range(1, 5)]
+    comfy.model_management.interrupt_current_processing(True)
+    try:
+        with pytest.raises(comfy.model_management.InterruptProcessingException):
+            run_node(DragEditIdentityLoRA, model=demo[0], latent=scene_latent, **_widgets(steps=4))
+    finally:
+        comfy.model_management.interrupt_current_processing(False)
+
+
+@pytest.fixture(scope="module")
+def kl_vae(comfy_nodes):
+    """SD's KL autoencoder (the one with a posterior) at random weights, as VAELoader builds it."""
+    import comfy.sd
+    from comfy.ldm.models.autoencoder import AutoencoderKL
+
+    from tests.support.tiny_sd15 import init_default_weights
+
+    torch.manual_seed(0)
+    kl = AutoencoderKL(ddconfig={"double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3,
+                                 "out_ch": 3, "ch": 128, "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2,
+                                 "attn_resolutions": [], "dropout": 0.0}, embed_dim=4)
+    init_default_weights(kl.modules())
+    with torch.no_grad():
+        kl.quant_conv.weight.mul_(0.3)   # a posterior of moderate width, as a trained VAE's
+    with torch.inference_mode():
+        return comfy.sd.VAE(sd=kl.state_dict())
+
+
+def test_image_and_kl_vae_give_the_vae_posterior(kl_vae, demo):
+    """The mean is exactly VAE Encode's output; the std is the spread of the VAE's own posterior samples."""
+    image = torch.from_numpy(scenes.training_images(5, 1, size=64)).float() / 255.0
+    with torch.inference_mode():
+        mean, std = host.vae_posterior(kl_vae, image, "test")
+        assert torch.equal(mean, kl_vae.encode(image))
+        regularizer = kl_vae.first_stage_model.regularization
+        regularizer.sample = True
+        try:
+            draws = torch.cat([kl_vae.encode(image) for _ in range(32)])
+        finally:
+            regularizer.sample = False
+    assert std.shape == mean.shape and (std > 0).all()
+    torch.testing.assert_close(draws.std(0).mean(), std[0].mean(), rtol=0.15, atol=0)
+    assert host.vae_posterior(demo[2], image, "test")[1] is None   # TAESD: deterministic encoder
+
+
+def test_node_samples_the_posterior_from_image_and_vae(sd15, kl_vae, empty):
+    image = torch.from_numpy(scenes.training_images(5, 1, size=64)).float() / 255.0
+    from_image = run_node(DragEditIdentityLoRA, model=sd15[0], image=image, vae=kl_vae, positive=empty,
+                          **_widgets(steps=1)).result[0]
+    with torch.inference_mode():
+        latent = {"samples": kl_vae.encode(image)}
+    from_latent = run_node(DragEditIdentityLoRA, model=sd15[0], latent=latent, positive=empty,
+                           **_widgets(steps=1)).result[0]
+    a, b = _pairs(from_image), _pairs(from_latent)
+    assert a.keys() == b.keys()
+    assert not all(torch.equal(x, y) for k in a for x, y in zip(a[k], b[k])), "posterior samples had no effect"
+
+
+def test_saved_lora_reloads_through_the_stock_loader_to_the_same_output(sd15, comfy_nodes, latent, empty, tmp_path,
+                                                                       monkeypatch):
+    import folder_paths
+
+    model = sd15[0]
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "loras",
+                        ([str(tmp_path)], folder_paths.supported_pt_extensions))
+    trained = run_node(DragEditIdentityLoRA, model=model, latent=latent, positive=empty,
+                       save_name="dragedit/identity", **_widgets()).result[0]
+    files = folder_paths.get_filename_list("loras")
+    assert files == ["dragedit/identity_00001_.safetensors"]
+    with safetensors.safe_open(str(tmp_path / files[0]), "pt") as f:
+        keys = set(f.keys())
+    kohya = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
+    assert {f"{kohya}.lora_up.weight", f"{kohya}.lora_down.weight", f"{kohya}.alpha"} <= keys
+    assert len(keys) == 3 * SD15_ATTENTION_LAYERS * 4
+    reloaded = comfy_nodes.LoraLoaderModelOnly().load_lora_model_only(model, files[0], 1.0)[0]
+    assert set(reloaded.patches) == set(trained.patches)
+    z = host.latent_to_z(model, latent, "test")
+    t = schedule.ddim_timesteps(10)[3]
+    assert torch.equal(_eps(reloaded, z, t, empty[0][0]), _eps(trained, z, t, empty[0][0]))
+
+
+def _error(**inputs):
+    with pytest.raises(DragEditInputError) as err:
+        run_node(DragEditIdentityLoRA, **inputs)
+    return err.value
+
+
+def test_bad_inputs_name_the_node_the_input_and_the_fix(sd15, latent, empty):
+    model = sd15[0]
+    batch = {"samples": latent["samples"].repeat(2, 1, 1, 1)}
+    err = _error(model=model, latent=batch, **_widgets())
+    assert err.input_name == "latent" and "batch of 2" in str(err) and "GoodDrag" in err.node
+    for name in ("steps", "rank", "batch_size"):
+        message = DragEditIdentityLoRA.validate_inputs(**{name: 0})
+        assert isinstance(message, str) and f"input '{name}' is 0" in message, message
+        err = _error(model=model, latent=latent, **_widgets(**{name: 0}))
+        assert err.input_name == name and "at least 1" in err.fix
+    assert DragEditIdentityLoRA.validate_inputs(steps=70, rank=16, lr=5e-4, batch_size=4) is True
+    assert _error(model=model, **_widgets()).input_name == "latent"
+    image = torch.zeros(1, 64, 64, 3)
+    assert _error(model=model, image=image, **_widgets()).input_name == "vae"
+    assert _error(model=model, image=image, latent=latent, **_widgets()).input_name == "latent"
