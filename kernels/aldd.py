@@ -22,13 +22,14 @@ from .plan import (DRAGDIFFUSION_DRAG_STEPS, DRAGDIFFUSION_STRENGTH, GOODDRAG_DR
                    PlanStep, aldd_plan)
 from .schedule import alpha_bar_at
 from .tracker import DRAGDIFFUSION_R2, GOODDRAG_R2, TrackerSpec
+from .errors import ArgumentError
 
 TRACK_TIMINGS = ("after", "before")
 
 
 def _check_int(name, value, low):
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        raise ArgumentError(name, f"must be an integer >= {low}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -60,9 +61,9 @@ class AlDDSettings:
         for name in ("drags_per_step", "grad_steps_per_drag"):
             _check_int(name, getattr(self, name), 1)
         if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr!r}")
+            raise ArgumentError("lr", f"must be > 0, got {self.lr!r}")
         if self.track_timing not in TRACK_TIMINGS:
-            raise ValueError(f"track_timing must be one of {TRACK_TIMINGS}, got {self.track_timing!r}")
+            raise ArgumentError("track_timing", f"must be one of {TRACK_TIMINGS}, got {self.track_timing!r}")
 
     def plan(self, num_steps: int = 50) -> list[PlanStep]:
         """The step plan for these settings; raises ValueError naming drag_steps if T2 exceeds the steps left."""
@@ -95,9 +96,9 @@ def split_points(points) -> tuple[torch.Tensor, torch.Tensor]:
     """handles, targets float [N, 2] from the datasets' flat alternating list [[x, y]_handle, [x, y]_target, ...]."""
     points = torch.as_tensor(points, dtype=torch.float64)
     if points.dim() != 2 or points.shape[1] != 2 or points.shape[0] == 0:
-        raise ValueError(f"points must be a non-empty list of [x, y] pairs, got shape {tuple(points.shape)}")
+        raise ArgumentError("points", f"must be a non-empty list of [x, y] pairs, got shape {tuple(points.shape)}")
     if points.shape[0] % 2:
-        raise ValueError(f"points must alternate handle, target: got an odd number ({points.shape[0]})")
+        raise ArgumentError("points", f"must alternate handle, target: got an odd number ({points.shape[0]})")
     return points[0::2], points[1::2]
 
 
@@ -140,12 +141,12 @@ def search_windows_xy(r2: int, handles_xy, image_size: tuple[int, int],
 def _check_points(name: str, points, image_size) -> torch.Tensor:
     points = torch.as_tensor(points, dtype=torch.float64).cpu()
     if points.dim() != 2 or points.shape[1] != 2 or points.shape[0] == 0:
-        raise ValueError(f"{name} must be float [N, 2] (x, y) with N >= 1, got shape {tuple(points.shape)}")
+        raise ArgumentError(name, f"must be float [N, 2] (x, y) with N >= 1, got shape {tuple(points.shape)}")
     width, height = image_size
     inside = (points[:, 0] >= 0) & (points[:, 0] < width) & (points[:, 1] >= 0) & (points[:, 1] < height)
     if not bool(inside.all()):
         bad = points[~inside][0].tolist()
-        raise ValueError(f"{name} must lie inside the {width}x{height} image; got (x, y) = {bad}")
+        raise ArgumentError(name, f"must lie inside the {width}x{height} image; got (x, y) = {bad}")
     return points
 
 
@@ -184,18 +185,18 @@ class AlDDPolicy(StepPolicy):
                  grad_scaler=None, callback=None):
         width, height = image_size
         if width < 2 or height < 2:
-            raise ValueError(f"image_size must be (W, H) with both >= 2, got {image_size!r}")
+            raise ArgumentError("image_size", f"must be (W, H) with both >= 2, got {image_size!r}")
         handles_xy = _check_points("handles", handles, image_size)
         targets_xy = _check_points("targets", targets, image_size)
         if handles_xy.shape[0] != targets_xy.shape[0]:
-            raise ValueError(f"targets must match handles one to one: {handles_xy.shape[0]} handles, "
+            raise ArgumentError("targets", f"must match handles one to one: {handles_xy.shape[0]} handles, "
                              f"{targets_xy.shape[0]} targets")
         if mask is not None and (not 2 <= mask.dim() <= 4 or mask.numel() != mask.shape[-2] * mask.shape[-1]):
-            raise ValueError(f"mask must be [H, W], [1, H, W] or [1, 1, H, W], got shape {tuple(mask.shape)}")
+            raise ArgumentError("mask", f"must be [H, W], [1, H, W] or [1, 1, H, W], got shape {tuple(mask.shape)}")
         drag_steps = [s for s in plan if s.drag]
         for prev, cur in zip(drag_steps, drag_steps[1:]):
             if cur.t != prev.t_prev:
-                raise ValueError(f"plan: drag steps must be consecutive; t={prev.t} is followed by t={cur.t}")
+                raise ArgumentError("plan", f"drag steps must be consecutive; t={prev.t} is followed by t={cur.t}")
         self.forward_fn = forward_fn
         self.alphas_cumprod = alphas_cumprod
         self.settings, self.motion, self.tracker = settings, motion, tracker
@@ -239,7 +240,7 @@ class AlDDPolicy(StepPolicy):
         if not step.drag:
             return z
         if z.dim() != 4 or z.shape[0] != 2:
-            raise ValueError(f"z must be [2, C, h, w] = [source, edit] on drag steps, got {tuple(z.shape)}")
+            raise ArgumentError("z", f"must be [2, C, h, w] = [source, edit] on drag steps, got {tuple(z.shape)}")
         if self._z_ref is None:
             self._z_ref = z[:1].detach()
             self._start(z)
@@ -248,7 +249,7 @@ class AlDDPolicy(StepPolicy):
             eps_ref, features = self.forward_fn(self._z_ref, step.t)
             ref = _feature_map(features)
             if tuple(ref.shape[-2:]) != self.sup_size or ref.dim() != 4:
-                raise ValueError(f"forward_fn features must be [1, C, {self.sup_size[0]}, {self.sup_size[1]}] "
+                raise ArgumentError("forward_fn", f"features must be [1, C, {self.sup_size[0]}, {self.sup_size[1]}] "
                                  f"(sup_size), got {tuple(ref.shape)}")
             orig_next, _ = ddim_step(self._z_ref, eps_ref, a_t, a_prev)
         z_edit = self._drag(step, z[1:], ref, orig_next, a_t, a_prev)

@@ -9,6 +9,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from .errors import ArgumentError
 
 MODES = ("replace", "concat", "masked", "source")
 
@@ -19,7 +20,8 @@ def _to(n_ref: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
     if n_ref.shape[0] == n.shape[0]:
         return n_ref
     if n_ref.shape[0] != 1:
-        raise ValueError(f"bank entry batch {n_ref.shape[0]} fits neither batch 1 nor the branch batch {n.shape[0]}")
+        raise ArgumentError("n_ref",
+                            f"bank entry batch {n_ref.shape[0]} fits neither batch 1 nor the branch batch {n.shape[0]}")
     return n_ref.expand(n.shape[0], -1, -1)
 
 
@@ -57,7 +59,7 @@ def source_context(n: torch.Tensor, num_groups: int = 1):
     """
     b, tokens, channels = n.shape
     if b % num_groups:
-        raise ValueError(f"batch {b} does not split into num_groups={num_groups}")
+        raise ArgumentError("num_groups", f"batch {b} does not split into num_groups={num_groups}")
     grouped = n.view(num_groups, b // num_groups, tokens, channels)
     ctx = grouped[:, :1].expand_as(grouped).reshape(b, tokens, channels)
     return ctx, ctx
@@ -69,14 +71,15 @@ def token_grid(num_tokens: int, image_hw: tuple[int, int]) -> tuple[int, int]:
     factor = math.sqrt(height * width / num_tokens)
     grid = (round(height / factor), round(width / factor))
     if grid[0] * grid[1] != num_tokens:
-        raise ValueError(f"num_tokens={num_tokens} is no grid of a {height}x{width} image; pass the grid explicitly")
+        raise ArgumentError("num_tokens",
+                            f"{num_tokens} is no grid of a {height}x{width} image; pass the grid explicitly")
     return grid
 
 
 def token_mask(mask: torch.Tensor, grid_hw: tuple[int, int]) -> torch.Tensor:
     """A mask [H, W] (0..1) as a row-major token mask bool [h_l * w_l]: nearest resize, then > 0.5 (§5)."""
     if mask.dim() != 2:
-        raise ValueError(f"mask must be [H, W], got shape {tuple(mask.shape)}")
+        raise ArgumentError("mask", f"must be [H, W], got shape {tuple(mask.shape)}")
     small = F.interpolate(mask[None, None].float(), size=tuple(grid_hw), mode="nearest")[0, 0]
     return (small > 0.5).flatten()
 

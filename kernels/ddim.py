@@ -10,6 +10,7 @@ import torch
 
 from .plan import PlanStep, ddim_plan
 from .schedule import alpha_bar_at
+from .errors import ArgumentError
 
 
 def ddim_step(z, eps, alpha_bar_t: float, alpha_bar_prev: float, eps_dir=None, sigma=None, noise=None):
@@ -27,7 +28,7 @@ def ddim_step(z, eps, alpha_bar_t: float, alpha_bar_prev: float, eps_dir=None, s
     if sigma is None:
         return math.sqrt(alpha_bar_prev) * x0_hat + math.sqrt(1.0 - alpha_bar_prev) * eps_dir, x0_hat
     if noise is None:
-        raise ValueError("noise is required when sigma is given")
+        raise ArgumentError("noise", "is required when sigma is given")
     if isinstance(sigma, torch.Tensor):
         dir_coef = (1.0 - alpha_bar_prev - sigma * sigma).clamp_min(0.0).sqrt()
     else:
@@ -113,11 +114,11 @@ def denoise(eps_fn, z: torch.Tensor, plan, alphas_cumprod: torch.Tensor, policy:
     alpha_bars = [(alpha_bar_at(alphas_cumprod, s.t), alpha_bar_at(alphas_cumprod, s.t_prev)) for s in plan]
     for s in plan:
         if s.repeats > 1 and s.t_prev < 0:
-            raise ValueError(f"plan step i={s.i}: time travel needs a t_prev >= 0 to re-noise from")
+            raise ArgumentError("plan", f"step i={s.i}: time travel needs a t_prev >= 0 to re-noise from")
     for k, (planned, (a_t, a_prev)) in enumerate(zip(plan, alpha_bars)):
         step = policy.revise_step(planned)
         if (step.i, step.t, step.t_prev) != (planned.i, planned.t, planned.t_prev):
-            raise ValueError(f"revise_step changed the timing of step i={planned.i}")
+            raise ArgumentError("policy", f"revise_step changed the timing of step i={planned.i}")
         z = policy.before_step(step, z)
         for r in range(step.repeats):
             with torch.no_grad():

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from . import masks as M
+from .errors import ArgumentError
 
 MODES = ("move", "appearance", "paste", "drag")   # resize is move with scale != 1 (§3.1); names as plan.BANK_STEPS
 
@@ -37,7 +38,7 @@ class EnergyWeights:
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
-                raise ValueError(f"{f.name}: must be a finite number >= 0, got {v!r}")
+                raise ArgumentError(f.name, f"must be a finite number >= 0, got {v!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,7 +65,7 @@ DEFAULTS = {"move": MOVE_DEFAULTS, "appearance": APPEARANCE_DEFAULTS, "drag": DR
 
 def _finite(name: str, v, positive: bool = False) -> float:
     if not isinstance(v, (int, float)) or not math.isfinite(v) or (v <= 0 if positive else v < 0):
-        raise ValueError(f"{name}: must be a finite number {'> 0' if positive else '>= 0'}, got {v!r}")
+        raise ArgumentError(name, f"must be a finite number {'> 0' if positive else '>= 0'}, got {v!r}")
     return float(v)
 
 
@@ -102,19 +103,20 @@ class EnergyGuidance:
 
     def __post_init__(self):
         if self.mode not in MODES:
-            raise ValueError(f"mode: must be one of {MODES}, got {self.mode!r}")
+            raise ArgumentError("mode", f"must be one of {MODES}, got {self.mode!r}")
         _finite("energy_scale", self.energy_scale)
         _finite("eta", self.eta)
         h, w = self.latent_size
         for name, m in (("gate", self.gate), ("sde_mask", self.sde_mask)):
             if m.dtype != torch.bool or tuple(m.shape) != (h, w):
-                raise ValueError(f"{name}: expected bool [{h}, {w}], got {m.dtype} {tuple(m.shape)}")
+                raise ArgumentError(name, f"expected bool [{h}, {w}], got {m.dtype} {tuple(m.shape)}")
         for name, m in self.masks.items():
             if m.dtype != torch.bool or tuple(m.shape) != (2 * h, 2 * w):
-                raise ValueError(f"masks[{name!r}]: expected bool [{2 * h}, {2 * w}], got {m.dtype} {tuple(m.shape)}")
+                raise ArgumentError(f"masks[{name!r}]",
+                                    f"expected bool [{2 * h}, {2 * w}], got {m.dtype} {tuple(m.shape)}")
         for dst, src in self.pairs:
             if dst.shape != src.shape or dst.numel() == 0:
-                raise ValueError("pairs: each (dst, src) must be two non-empty index tensors of one length")
+                raise ArgumentError("pairs", "each (dst, src) must be two non-empty index tensors of one length")
         if self.layer_weights is not None:
             object.__setattr__(self, "layer_weights", tuple(_finite("layer_weights", float(v))
                                                             for v in self.layer_weights))
@@ -141,20 +143,20 @@ class EnergyGuidance:
 
 def _latent_size(latent_size) -> Tuple[int, int]:
     if len(latent_size) != 2 or any(not isinstance(n, int) or n < 3 for n in latent_size):
-        raise ValueError(f"latent_size: expected (h, w) of ints >= 3, got {latent_size!r}")
+        raise ArgumentError("latent_size", f"expected (h, w) of ints >= 3, got {latent_size!r}")
     return int(latent_size[0]), int(latent_size[1])
 
 
 def _offset(offset, input_scale: float) -> Tuple[float, float]:
     if len(offset) != 2 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in offset):
-        raise ValueError(f"offset: expected finite (dx, dy) in pixels, got {offset!r}")
+        raise ArgumentError("offset", f"expected finite (dx, dy) in pixels, got {offset!r}")
     return float(offset[0]) * input_scale, float(offset[1]) * input_scale
 
 
 def _object(mask, latent_size, name: str) -> torch.Tensor:
     m = M.to_grid(mask, latent_size, 2, name)
     if not m.any():
-        raise ValueError(f"{name}: is empty (all zeros)")
+        raise ArgumentError(name, "is empty (all zeros)")
     return m
 
 
@@ -288,11 +290,11 @@ def paste(mask: torch.Tensor, offset: Sequence[float], latent_size: Tuple[int, i
 def _points(points, name: str, size: Tuple[int, int], input_scale: float) -> torch.Tensor:
     p = torch.as_tensor(points, dtype=torch.float64)
     if p.dim() != 2 or p.shape[1] != 2 or p.shape[0] < 1:
-        raise ValueError(f"{name}: expected [N, 2] (x, y) points with N >= 1, got shape {tuple(p.shape)}")
+        raise ArgumentError(name, f"expected [N, 2] (x, y) points with N >= 1, got shape {tuple(p.shape)}")
     p = p * input_scale
     h, w = size
     if not torch.isfinite(p).all() or (p < 0).any() or (p[:, 0] >= 8 * w).any() or (p[:, 1] >= 8 * h).any():
-        raise ValueError(f"{name}: every point must lie inside the {8 * w}x{8 * h} (WxH) image, got {p.tolist()}")
+        raise ArgumentError(name, f"every point must lie inside the {8 * w}x{8 * h} (WxH) image, got {p.tolist()}")
     return p
 
 
@@ -312,7 +314,7 @@ def drag(handles, targets, latent_size: Tuple[int, int], *, mask: Optional[torch
     input_scale = _finite("input_scale", input_scale, positive=True)
     hs, ts = _points(handles, "handles", size, input_scale), _points(targets, "targets", size, input_scale)
     if hs.shape != ts.shape:
-        raise ValueError(f"targets: {ts.shape[0]} targets for {hs.shape[0]} handles; give one target per handle")
+        raise ArgumentError("targets", f"{ts.shape[0]} targets for {hs.shape[0]} handles; give one target per handle")
     grid = (2 * size[0], 2 * size[1])
     edit = _optional(mask, size, "mask")
     if edit is None:
@@ -322,7 +324,8 @@ def drag(handles, targets, latent_size: Tuple[int, int], *, mask: Optional[torch
         ch, ct = M.patch_centre(hp, grid, faithful_bugs), M.patch_centre(tp, grid, faithful_bugs)
         tar, cur = M.box(ch, grid), M.box(ct, grid)
         if tar.numel() != cur.numel():
-            raise ValueError(f"handles: pair {j} patches fall partly off the {grid[1]}-wide map (official x-clip bug, "
+            raise ArgumentError("handles",
+                                f"pair {j} patches fall partly off the {grid[1]}-wide map (official x-clip bug, "
                              f"faithful_bugs=True); use faithful_bugs=False")
         pairs.append((cur, tar))
         push.append(tar[~torch.isin(tar, cur)])
@@ -344,10 +347,10 @@ def copy_noise(guidance: EnergyGuidance, z_T: torch.Tensor, z_T_source: Optional
     """
     h, w = guidance.latent_size
     if z_T.dim() != 4 or tuple(z_T.shape[-2:]) != (h, w):
-        raise ValueError(f"z_T: expected [B, C, {h}, {w}], got {tuple(z_T.shape)}")
+        raise ArgumentError("z_T", f"expected [B, C, {h}, {w}], got {tuple(z_T.shape)}")
     if guidance.mode == "paste":
         if z_T_source is None or z_T_source.shape != z_T.shape:
-            raise ValueError(f"z_T_source: paste needs the replace image's z_T of shape {tuple(z_T.shape)}, got "
+            raise ArgumentError("z_T_source", f"paste needs the replace image's z_T of shape {tuple(z_T.shape)}, got "
                              f"{None if z_T_source is None else tuple(z_T_source.shape)}")
         source = z_T_source
     else:
@@ -366,7 +369,7 @@ def _layer_weights(guidance: EnergyGuidance, n: int) -> Tuple[float, ...]:
     """Per-layer factors: the official 1/L for move and drag, 1 (a plain sum) for appearance and paste (§2)."""
     if guidance.layer_weights is not None:
         if len(guidance.layer_weights) != n:
-            raise ValueError(f"layer_weights: {len(guidance.layer_weights)} weights for {n} feature layers")
+            raise ArgumentError("layer_weights", f"{len(guidance.layer_weights)} weights for {n} feature layers")
         return guidance.layer_weights
     return (1.0 / n,) * n if guidance.mode in ("move", "drag") else (1.0,) * n
 
@@ -375,7 +378,7 @@ def _flat(features, name: str, size: Tuple[int, int]):
     out = []
     for f in features:
         if f.dim() != 4 or f.shape[0] != 1 or tuple(f.shape[-2:]) != size:
-            raise ValueError(f"{name}: expected maps [1, C, {size[0]}, {size[1]}], got {tuple(f.shape)}")
+            raise ArgumentError(name, f"expected maps [1, C, {size[0]}, {size[1]}], got {tuple(f.shape)}")
         f = f[0].flatten(1)   # [C, N]
         out.append(f.float() if f.dtype in (torch.float16, torch.bfloat16) else f)   # cosines in fp32 at least
     return out
@@ -417,13 +420,13 @@ def energies(guidance: EnergyGuidance, cur: Sequence[torch.Tensor], ref: Sequenc
     size = (2 * h, 2 * w)
     cur, ref = _flat(cur, "cur", size), _flat(ref, "ref", size)
     if len(cur) != len(ref) or not cur:
-        raise ValueError(f"ref: {len(ref)} layers for {len(cur)} current layers")
+        raise ArgumentError("ref", f"{len(ref)} layers for {len(cur)} current layers")
     if guidance.mode in ("appearance", "paste"):
         if src is None:
-            raise ValueError(f"src: the {guidance.mode} energy needs the replace image's reference features")
+            raise ArgumentError("src", f"the {guidance.mode} energy needs the replace image's reference features")
         src = _flat(src, "src", size)
         if len(src) != len(cur):
-            raise ValueError(f"src: {len(src)} layers for {len(cur)} current layers")
+            raise ArgumentError("src", f"{len(src)} layers for {len(cur)} current layers")
     else:
         src = ref
     lw = _layer_weights(guidance, len(cur))

@@ -9,6 +9,7 @@ import dataclasses
 
 import torch
 import torch.nn.functional as F
+from .errors import ArgumentError
 
 RESIZE_MODES = ("nearest", "bilinear")
 MAX_TAP_BLOCK = 10   # the patch before block 11 sees block 10's output; nothing runs after block 11
@@ -32,21 +33,21 @@ class FeatureTap:
 
     def __post_init__(self):
         if not self.blocks:
-            raise ValueError("blocks is empty; tap at least one output block")
+            raise ArgumentError("blocks", "is empty; tap at least one output block")
         if len(set(self.blocks)) != len(self.blocks):
-            raise ValueError(f"blocks has duplicates: {self.blocks}")
+            raise ArgumentError("blocks", f"has duplicates: {self.blocks}")
         for block in self.blocks:
             if not 0 <= block <= MAX_TAP_BLOCK:
-                raise ValueError(f"blocks: output block {block} cannot be tapped; the output_block_patch sees "
+                raise ArgumentError("blocks", f"output block {block} cannot be tapped; the output_block_patch sees "
                                  f"blocks 0..{MAX_TAP_BLOCK} only (block k's output arrives before block k+1)")
         if len(self.modes) != len(self.blocks) or len(self.weights) != len(self.blocks):
-            raise ValueError(f"modes and weights need one entry per block ({len(self.blocks)}), "
+            raise ArgumentError("weights", f"modes and weights need one entry per block ({len(self.blocks)}), "
                              f"got {len(self.modes)} and {len(self.weights)}")
         for mode in self.modes:
             if mode not in RESIZE_MODES:
-                raise ValueError(f"modes: {mode!r} is not one of {RESIZE_MODES}")
+                raise ArgumentError("modes", f"{mode!r} is not one of {RESIZE_MODES}")
         if not 0 < self.scale <= 1:
-            raise ValueError(f"scale must be in (0, 1], got {self.scale}")
+            raise ArgumentError("scale", f"must be in (0, 1], got {self.scale}")
 
     @property
     def last_block(self) -> int:
@@ -67,7 +68,7 @@ def resize_feature(feature: torch.Tensor, size: tuple[int, int], mode: str) -> t
         return F.interpolate(feature, size=size, mode="nearest")
     if mode == "bilinear":
         return F.interpolate(feature, size=size, mode="bilinear", align_corners=False)
-    raise ValueError(f"mode must be one of {RESIZE_MODES}, got {mode!r}")
+    raise ArgumentError("mode", f"must be one of {RESIZE_MODES}, got {mode!r}")
 
 
 def resize_features(features, tap: FeatureTap, image_hw: tuple[int, int]) -> list[torch.Tensor]:
@@ -116,7 +117,7 @@ class FeatureRecorder:
         """The taps in `tap.blocks` order, resized: list of [B, C_k, *tap.target_size(image_hw)]."""
         if not self.complete:
             missing = [b for b in self.tap.blocks if b not in self._raw]
-            raise ValueError(f"output blocks {missing} were not observed in this forward")
+            raise ArgumentError("tap", f"output blocks {missing} were not observed in this forward")
         return resize_features([self._raw[b] for b in self.tap.blocks], self.tap, self.image_hw)
 
 

@@ -12,6 +12,7 @@ from .ddim import StepPolicy, ddim_sigma
 from .energy import EnergyGuidance, energies
 from .plan import PlanStep
 from .schedule import alpha_bar_at
+from .errors import ArgumentError
 
 
 def correction(z: torch.Tensor, energy_edit: torch.Tensor, energy_con: torch.Tensor, gate: torch.Tensor,
@@ -64,9 +65,9 @@ class DragonPolicy(StepPolicy):
                  source: Optional[Callable[[int], torch.Tensor]] = None, seed: int = 0,
                  sde_strength_outside: float = 0.0):
         if guidance.mode in ("appearance", "paste") and source is None:
-            raise ValueError(f"source: the {guidance.mode} guidance needs the replace image's latents")
+            raise ArgumentError("source", f"the {guidance.mode} guidance needs the replace image's latents")
         if not sde_strength_outside >= 0:
-            raise ValueError(f"sde_strength_outside: must be >= 0, got {sde_strength_outside}")
+            raise ArgumentError("sde_strength_outside", f"must be >= 0, got {sde_strength_outside}")
         self.energy = guidance
         self.features_fn = features_fn
         self.reference = reference
@@ -94,7 +95,7 @@ class DragonPolicy(StepPolicy):
     def guidance(self, step: PlanStep, z: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """g [1, 4, h, w]: the gated, scaled energy gradient at z_t (§4); the loop adds it inside x0_hat."""
         if z.shape[0] != 1:
-            raise ValueError(f"z: energy guidance runs on one latent [1, C, h, w], got {tuple(z.shape)}")
+            raise ArgumentError("z", f"energy guidance runs on one latent [1, C, h, w], got {tuple(z.shape)}")
         g = self._guidance_on(z.device)
         ref, src = self._references(step.t, z)
         with torch.enable_grad():

@@ -14,17 +14,18 @@ from typing import NamedTuple, Optional, Sequence, Tuple
 import kornia.morphology
 import torch
 import torch.nn.functional as F
+from .errors import ArgumentError
 
 
 def as_2d(mask: torch.Tensor, name: str = "mask") -> torch.Tensor:
     """One mask as a float64 [H, W] tensor from [H, W], [1, H, W] or [1, 1, H, W] (ComfyUI MASK is [B, H, W])."""
     if not isinstance(mask, torch.Tensor):
-        raise ValueError(f"{name}: expected a tensor, got {type(mask).__name__}")
+        raise ArgumentError(name, f"expected a tensor, got {type(mask).__name__}")
     if mask.dim() not in (2, 3, 4) or any(n != 1 for n in mask.shape[:-2]):
-        raise ValueError(f"{name}: expected one mask [H, W], [1, H, W] or [1, 1, H, W], got shape {tuple(mask.shape)}")
+        raise ArgumentError(name, f"expected one mask [H, W], [1, H, W] or [1, 1, H, W], got shape {tuple(mask.shape)}")
     m = mask.detach().reshape(mask.shape[-2:]).to("cpu", torch.float64)
     if not torch.isfinite(m).all():
-        raise ValueError(f"{name}: contains NaN or inf")
+        raise ArgumentError(name, "contains NaN or inf")
     return m
 
 
@@ -51,7 +52,7 @@ def to_grid(mask: torch.Tensor, latent_size: Tuple[int, int], factor: int, name:
     h, w = latent_size
     H, W = m.shape
     if not ((H // 8, W // 8) == (h, w) or (H, W) in ((2 * h, 2 * w), (h, w))):
-        raise ValueError(f"{name}: size {H}x{W} (HxW) does not fit the latent {h}x{w}; expected the image size "
+        raise ArgumentError(name, f"size {H}x{W} (HxW) does not fit the latent {h}x{w}; expected the image size "
                          f"{8 * h}x{8 * w}, the feature grid {2 * h}x{2 * w} or the latent grid {h}x{w}")
     return resize(m, (factor * h, factor * w), threshold)
 
@@ -67,7 +68,7 @@ def dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:
     The official pipeline dilates nothing (dragondiffusion.md §7); this is for the node layer's optional margin.
     """
     if radius < 0:
-        raise ValueError(f"radius: must be >= 0, got {radius}")
+        raise ArgumentError("radius", f"must be >= 0, got {radius}")
     m = as_2d(mask).to(torch.float32)
     if radius == 0:
         return m > 0.5
@@ -117,7 +118,7 @@ class Placement(NamedTuple):
 def check_scale(scale: float) -> float:
     """A resize factor as a float; ValueError naming `scale` unless finite and > 0."""
     if not math.isfinite(scale) or scale <= 0:
-        raise ValueError(f"scale: must be a finite number > 0, got {scale}")
+        raise ArgumentError("scale", f"must be a finite number > 0, got {scale}")
     return float(scale)
 
 
@@ -134,10 +135,10 @@ def place(mask: torch.Tensor, offset: Sequence[float], scale: float = 1.0) -> Pl
     scale = check_scale(scale)
     dx, dy = (float(v) for v in offset)
     if not (math.isfinite(dx) and math.isfinite(dy)):
-        raise ValueError(f"offset: must be finite, got {tuple(offset)}")
+        raise ArgumentError("offset", f"must be finite, got {tuple(offset)}")
     box = bbox(mask)
     if box is None:
-        raise ValueError("mask: is empty (all zeros)")
+        raise ArgumentError("mask", "is empty (all zeros)")
     h, w = mask.shape
     cy, cx = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
     sy = torch.floor(cy + (torch.arange(h, dtype=torch.float64) - dy - cy) / scale + 0.5).long()[:, None]
@@ -147,7 +148,8 @@ def place(mask: torch.Tensor, offset: Sequence[float], scale: float = 1.0) -> Pl
     landed = inside & mask.flatten()[src]
     dst = torch.nonzero(landed.flatten()).squeeze(1)
     if dst.numel() == 0:
-        raise ValueError(f"offset: {(dx, dy)} px with scale {scale} moves the object wholly out of the {h}x{w} grid")
+        raise ArgumentError("offset",
+                            f"{(dx, dy)} px with scale {scale} moves the object wholly out of the {h}x{w} grid")
     return Placement(landed, dst, src.flatten()[dst])
 
 
@@ -167,7 +169,7 @@ def place_about_image_centre(mask: torch.Tensor, size: Tuple[int, int], scale: f
     h, w = size
     ch, cw = int(h * scale), int(w * scale)
     if ch < 1 or cw < 1:
-        raise ValueError(f"scale: {scale} shrinks the {h}x{w} grid to nothing")
+        raise ArgumentError("scale", f"{scale} shrinks the {h}x{w} grid to nothing")
     canvas = resize(mask, (ch, cw))
     index = F.interpolate(torch.arange(h * w, dtype=torch.float64).view(1, 1, h, w), size=(ch, cw),
                           mode="nearest")[0, 0]
@@ -180,12 +182,12 @@ def place_about_image_centre(mask: torch.Tensor, size: Tuple[int, int], scale: f
     grid[ty:ty + ny, tx:tx + nx] = canvas[sy:sy + ny, sx:sx + nx]
     grid_index[ty:ty + ny, tx:tx + nx] = index[sy:sy + ny, sx:sx + nx]
     if not allow_crop and int(grid.sum()) != int(canvas.sum()):
-        raise ValueError(f"scale: {scale} with this offset pushes object pixels out of the image "
+        raise ArgumentError("scale", f"{scale} with this offset pushes object pixels out of the image "
                          f"(official 'Resize out of bounds')")
     grid, grid_index = torch.roll(grid, roll_grid, (0, 1)), torch.roll(grid_index, roll_grid, (0, 1))
     dst = torch.nonzero(grid.flatten()).squeeze(1)
     if dst.numel() == 0:
-        raise ValueError("offset: moves the object wholly out of the image")
+        raise ArgumentError("offset", "moves the object wholly out of the image")
     src = order if by_order else grid_index.flatten()[dst].long()
     return Placement(grid, dst, src)
 

@@ -11,6 +11,7 @@ from collections.abc import Hashable, Mapping, Sequence
 import torch
 
 from .schedule import alpha_bar_at, sigma_from_alpha_bar, timestep_from_sigma
+from .errors import ArgumentError
 
 Z0 = -1   # key of the clean latent z0: the t_prev of the last step, as in PlanStep
 
@@ -52,14 +53,14 @@ class MemoryBank:
     def latent(self, t: int) -> torch.Tensor:
         """z_t [B, 4, h, w] as inverted at timestep t (t = -1: z0) (dragondiffusion.md §11.2)."""
         if t not in self.latents:
-            raise ValueError(f"t={t} is not in the memory bank (inverted timesteps {self.timesteps[0]}..."
+            raise ArgumentError("t", f"{t} is not in the memory bank (inverted timesteps {self.timesteps[0]}..."
                              f"{self.timesteps[-1]})")
         return self.latents[t]
 
     def attention_input(self, t: int, layer: Hashable) -> torch.Tensor:
         """The recorded self-attention input n [B, N_tokens, C] (fp16, on the bank's device) of layer at t."""
         if (t, layer) not in self.attention:
-            raise ValueError(f"no attention input for layer {layer} at t={t} in the memory bank "
+            raise ArgumentError("layer", f"no attention input for layer {layer} at t={t} in the memory bank "
                              f"(layers {self.layers})")
         return self.attention[(t, layer)]
 
@@ -77,10 +78,11 @@ class MemoryBank:
         latent_shape is [B, 4, h, w] or [4, h, w]; the batch size is free (CFG halves share the bank).
         """
         if fingerprint != self.fingerprint:
-            raise ValueError(f"model: the memory bank was made with model {self.fingerprint!r}, "
+            raise ArgumentError("model", f"the memory bank was made with model {self.fingerprint!r}, "
                              f"not {fingerprint!r}")
         if tuple(latent_shape[-3:]) != tuple(self.latent_shape[-3:]):
-            raise ValueError(f"latent_shape: the memory bank holds latents of shape {tuple(self.latent_shape[-3:])} "
+            raise ArgumentError("latent_shape",
+                                f"the memory bank holds latents of shape {tuple(self.latent_shape[-3:])} "
                              f"(channels, h, w), not {tuple(latent_shape[-3:])}")
 
 
@@ -104,7 +106,8 @@ class BankRecorder:
         if self._layers is not None and layer not in self._layers:
             return
         if (t, layer) in self._attention:
-            raise ValueError(f"layer {layer} at t={t} was recorded twice; one inversion forward per step expected")
+            raise ArgumentError("layer",
+                                f"{layer} at t={t} was recorded twice; one inversion forward per step expected")
         self._attention[(t, layer)] = self._store(n, self._dtype)
 
     def record_latent(self, t: int, z: torch.Tensor) -> None:
@@ -119,10 +122,10 @@ class BankRecorder:
     def finish(self, alphas_cumprod: torch.Tensor, fingerprint: str) -> MemoryBank:
         """The frozen bank; needs z0 (t = -1) and at least one inverted latent."""
         if Z0 not in self._latents:
-            raise ValueError("z0 was not recorded: call record_latent(-1, z0) before finish()")
+            raise ArgumentError("z0", "was not recorded: call record_latent(-1, z0) before finish()")
         timesteps = tuple(sorted((t for t in self._latents if t != Z0), reverse=True))
         if not timesteps:
-            raise ValueError("no inverted latent was recorded")
+            raise ArgumentError("latents", "no inverted latent was recorded")
         layers = self._layers if self._layers is not None else tuple(dict.fromkeys(k[1] for k in self._attention))
         return MemoryBank(
             timesteps=timesteps,

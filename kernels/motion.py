@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from .errors import ArgumentError
 
 VARIANTS = ("gooddrag", "dragdiffusion")
 WEIGHT_RULES = ("2r", "2r+1")
@@ -39,15 +40,15 @@ class MotionSupervision:
 
     def __post_init__(self):
         if self.variant not in VARIANTS:
-            raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
+            raise ArgumentError("variant", f"must be one of {VARIANTS}, got {self.variant!r}")
         if isinstance(self.r1, bool) or not isinstance(self.r1, int) or self.r1 < 1:
-            raise ValueError(f"r1 must be an integer >= 1 (sup-res px), got {self.r1!r}")
+            raise ArgumentError("r1", f"must be an integer >= 1 (sup-res px), got {self.r1!r}")
         if not self.beta > 0:
-            raise ValueError(f"beta must be > 0 (sup-res px per step), got {self.beta!r}")
+            raise ArgumentError("beta", f"must be > 0 (sup-res px per step), got {self.beta!r}")
         if not self.lam >= 0:
-            raise ValueError(f"lam must be >= 0, got {self.lam!r}")
+            raise ArgumentError("lam", f"must be >= 0, got {self.lam!r}")
         if self.weight_rule is not None and self.weight_rule not in WEIGHT_RULES:
-            raise ValueError(f"weight_rule must be one of {WEIGHT_RULES} or None, got {self.weight_rule!r}")
+            raise ArgumentError("weight_rule", f"must be one of {WEIGHT_RULES} or None, got {self.weight_rule!r}")
 
     @property
     def patch_weight(self) -> int:
@@ -121,7 +122,8 @@ def drag_loss(spec: MotionSupervision, features: torch.Tensor, handles: torch.Te
     """
     if spec.variant == "gooddrag":
         if ref_features is None or origins is None:
-            raise ValueError("the gooddrag variant needs ref_features and origins (the original handles)")
+            raise ArgumentError("ref_features",
+                                "the gooddrag variant needs ref_features and origins (the original handles)")
         reference = sample_patch(ref_features.detach(), origins, spec.r1)
     else:
         reference = sample_patch(features.detach(), handles, spec.r1)
@@ -151,7 +153,7 @@ def latent_keep(mask: torch.Tensor | None, sup_size: tuple[int, int], latent_siz
             return None
         return torch.ones((1, 1) + tuple(latent_size))
     if not 2 <= mask.dim() <= 4 or mask.numel() != mask.shape[-2] * mask.shape[-1]:
-        raise ValueError(f"mask must be [H, W], [1, H, W] or [1, 1, H, W], got shape {tuple(mask.shape)}")
+        raise ArgumentError("mask", f"must be [H, W], [1, H, W] or [1, 1, H, W], got shape {tuple(mask.shape)}")
     editable = (mask.reshape((1, 1) + tuple(mask.shape[-2:])) > 0).float()
     editable = F.interpolate(F.interpolate(editable, size=tuple(sup_size), mode="nearest"),
                              size=tuple(latent_size), mode="nearest")

@@ -7,6 +7,7 @@ Step indices i are absolute in the N-step schedule: t_i = ddim_timesteps(N)[i], 
 import dataclasses
 
 from .schedule import NUM_TRAIN_TIMESTEPS, ddim_timesteps, inverted_step_count
+from .errors import ArgumentError
 
 PHASES = ("denoise", "invert", "renoise")
 
@@ -55,11 +56,11 @@ class PlanStep:
 
     def __post_init__(self):
         if self.repeats < 1:
-            raise ValueError(f"repeats must be >= 1, got {self.repeats}")
+            raise ArgumentError("repeats", f"must be >= 1, got {self.repeats}")
         if self.sde_eta < 0:
-            raise ValueError(f"sde_eta must be >= 0, got {self.sde_eta}")
+            raise ArgumentError("sde_eta", f"must be >= 0, got {self.sde_eta}")
         if self.phase not in PHASES:
-            raise ValueError(f"phase must be one of {PHASES}, got {self.phase!r}")
+            raise ArgumentError("phase", f"must be one of {PHASES}, got {self.phase!r}")
 
 
 def ddim_plan(num_steps: int = 50, strength: float = 1.0,
@@ -86,7 +87,7 @@ def schedule_of(timesteps, num_train_timesteps: int = NUM_TRAIN_TIMESTEPS) -> tu
     num_steps = num_train_timesteps // stride if stride > 0 else 0
     if not n or not 1 <= num_steps <= num_train_timesteps or \
             ddim_timesteps(num_steps, num_train_timesteps)[-n:] != timesteps:
-        raise ValueError(f"timesteps {timesteps} are not the tail of a DDIM schedule")
+        raise ArgumentError("timesteps", f"{timesteps} are not the tail of a DDIM schedule")
     return num_steps, n / num_steps
 
 
@@ -106,9 +107,9 @@ def dragon_plan(alg: str = "D+", mode: str = "move", num_steps: int = 50, sde_st
     by num_steps / 50 and "every other step" counts from the rescaled 10 (the official code assumes 50 steps).
     """
     if alg not in ("D", "D+"):
-        raise ValueError(f"alg must be 'D' or 'D+', got {alg!r}")
+        raise ArgumentError("alg", f"must be 'D' or 'D+', got {alg!r}")
     if mode not in BANK_STEPS:
-        raise ValueError(f"mode must be one of {tuple(BANK_STEPS)}, got {mode!r}")
+        raise ArgumentError("mode", f"must be one of {tuple(BANK_STEPS)}, got {mode!r}")
     guided_until, dense_until = _scaled(GUIDED_UNTIL, num_steps), _scaled(DENSE_UNTIL, num_steps)
     travel_from, travel_to = _scaled(TIME_TRAVEL_FROM, num_steps), _scaled(TIME_TRAVEL_TO, num_steps)
     sde_after, sde_before = _scaled(SDE_AFTER, num_steps), _scaled(SDE_BEFORE, num_steps)
@@ -143,7 +144,7 @@ def aldd_plan(num_steps: int = 50, strength: float = GOODDRAG_STRENGTH, drag_ste
     """
     plan = ddim_plan(num_steps, strength, num_train_timesteps)
     if not 0 <= drag_steps <= len(plan):
-        raise ValueError(f"drag_steps must be in 0..{len(plan)} for this strength, got {drag_steps}")
+        raise ArgumentError("drag_steps", f"must be in 0..{len(plan)} for this strength, got {drag_steps}")
     return [dataclasses.replace(s, drag=k < drag_steps, bank_attention=bank_from_start or k >= drag_steps)
             for k, s in enumerate(plan)]
 

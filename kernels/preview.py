@@ -8,6 +8,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
+from .errors import ArgumentError
 
 HANDLE_RGB = (230, 57, 70)       # red handles, blue targets: DragGAN / DragDiffusion's colours
 TARGET_RGB = (66, 135, 245)
@@ -21,7 +22,7 @@ MASK_ALPHA = 0.35
 def _as_points(points, name: str) -> torch.Tensor:
     p = torch.as_tensor(points, dtype=torch.float64).detach().cpu()
     if p.dim() != 2 or p.shape[-1] != 2:
-        raise ValueError(f"{name}: expected [N, 2] (x, y) points, got shape {tuple(p.shape)}")
+        raise ArgumentError(name, f"expected [N, 2] (x, y) points, got shape {tuple(p.shape)}")
     return p
 
 
@@ -58,7 +59,7 @@ def marks_layer(size, handles, targets, trajectories: Optional[Sequence] = None,
     width, height = size
     handles, targets = _as_points(handles, "handles"), _as_points(targets, "targets")
     if handles.shape != targets.shape:
-        raise ValueError(f"handles, targets: {handles.shape[0]} handles but {targets.shape[0]} targets")
+        raise ArgumentError("targets", f"{handles.shape[0]} handles but {targets.shape[0]} targets")
     unit = max(1, round(min(width, height) / 256))
     layer = Image.new("RGBA", (width, height), (0, 0, 0, 0))
     draw = ImageDraw.Draw(layer)
@@ -68,7 +69,8 @@ def marks_layer(size, handles, targets, trajectories: Optional[Sequence] = None,
     if trajectories:
         steps = torch.stack([_as_points(p, "trajectories") for p in trajectories])
         if steps.shape[1] != handles.shape[0]:
-            raise ValueError(f"trajectories: {steps.shape[1]} points per step, but there are {handles.shape[0]} pairs")
+            raise ArgumentError("trajectories",
+                                f"{steps.shape[1]} points per step, but there are {handles.shape[0]} pairs")
         for i in range(steps.shape[1]):
             path = [tuple(p) for p in steps[:, i].tolist()]
             if len(path) > 1:
@@ -93,16 +95,18 @@ def draw_drag(images: torch.Tensor, handles, targets, mask: Optional[torch.Tenso
     [B|1, H, W] in 0..1 at the image size, the editable region. trajectories, boxes: see `marks_layer`.
     """
     if images.dim() != 4 or images.shape[-1] != 3:
-        raise ValueError(f"images: expected IMAGE [B, H, W, 3], got shape {tuple(images.shape)}")
+        raise ArgumentError("images", f"expected IMAGE [B, H, W, 3], got shape {tuple(images.shape)}")
     height, width = images.shape[1:3]
     out = images.detach().to("cpu", torch.float32)
     if mask is not None:
         m = mask.detach().to("cpu", torch.float32)
         if tuple(m.shape[-2:]) != (height, width):
-            raise ValueError(f"mask: is {m.shape[-1]}x{m.shape[-2]}, the images are {width}x{height}; resize it first")
+            raise ArgumentError("mask",
+                                f"is {m.shape[-1]}x{m.shape[-2]}, the images are {width}x{height}; resize it first")
         m = m.reshape(-1, height, width, 1).clamp(0, 1) * MASK_ALPHA
         if m.shape[0] not in (1, out.shape[0]):
-            raise ValueError(f"mask: a batch of {m.shape[0]} masks for {out.shape[0]} images; give 1 or {out.shape[0]}")
+            raise ArgumentError("mask",
+                                f"a batch of {m.shape[0]} masks for {out.shape[0]} images; give 1 or {out.shape[0]}")
         out = out * (1 - m) + torch.tensor(MASK_RGB, dtype=torch.float32) / 255.0 * m
     layer = marks_layer((width, height), handles, targets, trajectories, boxes)
     alpha = layer[..., 3:]

@@ -8,6 +8,7 @@ work on the VP latent z, the UNet input both methods optimize.
 import math
 
 import torch
+from .errors import ArgumentError
 
 NUM_TRAIN_TIMESTEPS = 1000
 PREDICTION_TYPES = ("eps", "v")
@@ -64,7 +65,7 @@ def ddim_timesteps(num_steps: int, num_train_timesteps: int = NUM_TRAIN_TIMESTEP
     ratio = num_train_timesteps // num_steps, which is `ddim_timesteps(...)[i + 1]`, or the final alpha_bar past 0.
     """
     if not 1 <= num_steps <= num_train_timesteps:
-        raise ValueError(f"num_steps must be in 1..{num_train_timesteps}, got {num_steps}")
+        raise ArgumentError("num_steps", f"must be in 1..{num_train_timesteps}, got {num_steps}")
     ratio = num_train_timesteps // num_steps
     return [k * ratio + steps_offset for k in reversed(range(num_steps))]
 
@@ -76,10 +77,10 @@ def inverted_step_count(num_steps: int, strength: float) -> int:
     index num_steps - n of `ddim_timesteps(num_steps)`.
     """
     if not 0.0 < strength <= 1.0:
-        raise ValueError(f"strength must be in (0, 1], got {strength}")
+        raise ArgumentError("strength", f"must be in (0, 1], got {strength}")
     n = round(strength * num_steps)
     if n < 1:
-        raise ValueError(f"strength {strength} of {num_steps} steps inverts no step; raise strength or steps")
+        raise ArgumentError("strength", f"{strength} of {num_steps} steps inverts no step; raise strength or steps")
     return n
 
 
@@ -98,7 +99,7 @@ def timestep_from_sigma(sigma: float, alphas_cumprod: torch.Tensor, candidates=N
     """
     ts = list(range(len(alphas_cumprod))) if candidates is None else sorted(candidates)
     if not ts:
-        raise ValueError("candidates is empty")
+        raise ArgumentError("candidates", "is empty")
     log_sigmas = sigma_from_alpha_bar(alphas_cumprod.to(torch.float64)[ts]).log()
     k = int((log_sigmas - math.log(sigma)).abs().argmin())
     return ts[k]
@@ -115,7 +116,7 @@ def eps_from_model_output(output: torch.Tensor, z: torch.Tensor, alpha_bar, pred
         if isinstance(alpha_bar, torch.Tensor):
             return alpha_bar.sqrt() * output + (1.0 - alpha_bar).sqrt() * z
         return math.sqrt(alpha_bar) * output + math.sqrt(1.0 - alpha_bar) * z
-    raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
+    raise ArgumentError("prediction_type", f"must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
 
 
 def eps_from_denoised(x: torch.Tensor, denoised: torch.Tensor, sigma) -> torch.Tensor:

@@ -7,6 +7,7 @@ in the reference features of the same timestep. All coordinates are (row, col) i
 from dataclasses import dataclass
 
 import torch
+from .errors import ArgumentError
 
 GOODDRAG_R2 = 12
 DRAGDIFFUSION_R2 = 3
@@ -27,9 +28,9 @@ class TrackerSpec:
 
     def __post_init__(self):
         if isinstance(self.r2, bool) or not isinstance(self.r2, int) or self.r2 < 1:
-            raise ValueError(f"r2 must be an integer >= 1 (sup-res px), got {self.r2!r}")
+            raise ArgumentError("r2", f"must be an integer >= 1 (sup-res px), got {self.r2!r}")
         if not isinstance(self.clamp, bool):
-            raise ValueError(f"clamp must be a bool, got {self.clamp!r}")
+            raise ArgumentError("clamp", f"must be a bool, got {self.clamp!r}")
 
 
 def track(spec: TrackerSpec, features: torch.Tensor, ref_features: torch.Tensor, handles: torch.Tensor,

@@ -59,7 +59,7 @@ def test_dtypes_and_device(bank_and_latents):
 
 def test_missing_entries_raise(bank_and_latents):
     bank, _ = bank_and_latents
-    with pytest.raises(ValueError, match="t=980"):
+    with pytest.raises(ValueError, match="t: 980"):
         bank.latent(980)
     with pytest.raises(ValueError, match="output"):
         bank.attention_input(981, ("output", 11))
