@@ -17,6 +17,8 @@ import pickle
 import torch
 import torch.nn.functional as F
 
+from .errors import ArgumentError
+
 NUM_TOKENS = 64
 TOKEN_DIM = 768              # the Resampler's width and output: SD 1.5's cross-attention context width
 DEPTH, HEADS, DIM_HEAD, FF_MULT = 4, 12, 64, 4
@@ -100,7 +102,7 @@ def read_state_dict(path: str) -> dict:
 
     .safetensors: flat "image_proj.<key>" / "ip_adapter.<key>" names (IP-Adapter's safetensors convention).
     Anything else goes through torch.load(weights_only=True): plain containers and tensors only; any other
-    object in the pickle is refused. Raises ValueError naming what was wrong.
+    object in the pickle is refused. Raises ArgumentError('path', what was wrong).
     """
     if str(path).endswith(".safetensors"):
         import safetensors.torch
@@ -108,7 +110,7 @@ def read_state_dict(path: str) -> dict:
         try:
             flat = safetensors.torch.load_file(str(path))
         except Exception as err:  # safetensors raises its own error types for a corrupt header
-            raise ValueError(f"is not a readable .safetensors file ({err})") from None
+            raise ArgumentError("path", f"is not a readable .safetensors file ({err})") from None
         nested = {}
         for key, value in flat.items():
             group, _, name = key.partition(".")
@@ -117,10 +119,10 @@ def read_state_dict(path: str) -> dict:
     try:
         loaded = torch.load(str(path), map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError) as err:
-        raise ValueError(f"is not a plain tensor file: the safe loader refused it ({_unpickling_reason(err)})") \
-            from None
+        raise ArgumentError("path", f"is not a plain tensor file: the safe loader refused it "
+                                    f"({_unpickling_reason(err)})") from None
     if not isinstance(loaded, dict):
-        raise ValueError(f"holds a {type(loaded).__name__}, not a dict of tensors")
+        raise ArgumentError("path", f"holds a {type(loaded).__name__}, not a dict of tensors")
     return loaded
 
 
@@ -134,7 +136,8 @@ def _unpickling_reason(err: Exception) -> str:
 
 
 def check_state_dict(sd: dict, widths=SD15_CROSS_ATTENTION_WIDTHS) -> None:
-    """Raises ValueError unless `sd` has exactly the official keys, each a tensor of the official shape."""
+    """Raises ArgumentError('state_dict', ...) unless `sd` has exactly the official keys, each a tensor of the official
+    shape; the detail lists what is missing, foreign, not a tensor or misshaped."""
     layout = official_layout(widths)
     problems = []
     for group in sorted(set(sd) | set(layout)):
@@ -156,7 +159,7 @@ def check_state_dict(sd: dict, widths=SD15_CROSS_ATTENTION_WIDTHS) -> None:
                 more = f" and {len(keys) - 3} more" if len(keys) > 3 else ""
                 problems.append(f"{group} {label}: {', '.join(keys[:3])}{more}")
     if problems:
-        raise ValueError("; ".join(problems))
+        raise ArgumentError("state_dict", "; ".join(problems))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

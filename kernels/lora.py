@@ -14,6 +14,8 @@ import re
 
 import torch
 
+from .errors import ArgumentError
+
 GOODDRAG_STEPS, DRAGDIFFUSION_STEPS = 70, 80
 PREDICTIONS = ("eps", "v")
 # to_q / to_k / to_v / to_out.0 of every self- (attn1) and cross-attention (attn2) layer, by module name, so the
@@ -41,9 +43,9 @@ class LoRARecipe:
     def __post_init__(self):
         for name in ("steps", "rank", "batch_size"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise ArgumentError(name, f"must be >= 1, got {getattr(self, name)}")
         if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+            raise ArgumentError("lr", f"must be > 0, got {self.lr}")
 
 
 def init_pair(out_features: int, in_features: int, rank: int, generator: torch.Generator):
@@ -76,7 +78,7 @@ def prediction_loss(denoised: torch.Tensor, z0: torch.Tensor, sigma: torch.Tenso
     ab = 1 / (1 + sigma²)): v_hat - v = sqrt(1 + sigma²) (eps_hat - eps). sigma: [B].
     """
     if prediction not in PREDICTIONS:
-        raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
+        raise ArgumentError("prediction", f"must be one of {PREDICTIONS}, got {prediction!r}")
     sigma = sigma.reshape(-1, *([1] * (z0.ndim - 1))).to(torch.float32)
     error = (z0.float() - denoised.float()) / sigma
     if prediction == "v":

@@ -548,6 +548,7 @@ def load_image_prompt_model(name: str, node: str, input_name: str):
     import folder_paths
 
     from ..kernels import image_prompt
+    from ..kernels.errors import ArgumentError
 
     ip_adapter_files()
     fix = ("Download DiffEditor's ip_sd15_64.bin (huggingface.co/Adapter/DragonDiffusion, models/) into "
@@ -557,12 +558,12 @@ def load_image_prompt_model(name: str, node: str, input_name: str):
         raise DragEditInputError(node, input_name, f"'{name}' is not in models/{IP_ADAPTER_FOLDER}", fix)
     try:
         state_dict = image_prompt.read_state_dict(path)
-    except ValueError as err:
-        raise DragEditInputError(node, input_name, f"'{name}' {err}", fix) from None
+    except ArgumentError as err:
+        raise DragEditInputError(node, input_name, f"'{name}' {err.detail}", fix) from None
     try:
         return image_prompt.ImagePromptModel.from_state_dict(state_dict)
-    except ValueError as err:
-        raise DragEditInputError(node, input_name, f"'{name}' is not DiffEditor's image-prompt file ({err})",
+    except ArgumentError as err:
+        raise DragEditInputError(node, input_name, f"'{name}' is not DiffEditor's image-prompt file ({err.detail})",
                                  fix) from None
 
 

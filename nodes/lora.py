@@ -2,6 +2,7 @@
 from comfy_api.latest import io
 
 from ..kernels import lora
+from ..kernels.errors import ArgumentError
 from . import host
 from .errors import DragEditInputError
 
@@ -17,9 +18,9 @@ FIXES = {
 def _recipe(steps, rank, lr, batch_size) -> lora.LoRARecipe:
     try:
         return lora.LoRARecipe(steps=steps, rank=rank, lr=lr, batch_size=batch_size)
-    except ValueError as err:
-        name, _, seen = str(err).partition(" must ")
-        raise DragEditInputError(NAME, name, f"is {seen.rsplit('got ', 1)[-1]}", FIXES[name]) from None
+    except ArgumentError as err:
+        value = {"steps": steps, "rank": rank, "lr": lr, "batch_size": batch_size}[err.argument]
+        raise DragEditInputError(NAME, err.argument, f"is {value}", FIXES[err.argument]) from None
 
 
 class DragEditIdentityLoRA(io.ComfyNode):

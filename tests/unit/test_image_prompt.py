@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from comfyui_dragedit.kernels import image_prompt as ip
+from comfyui_dragedit.kernels.errors import ArgumentError
 from tests.support.image_prompt_file import (OFFICIAL_IMAGE_PROJ, OFFICIAL_IP_ADAPTER, SD15_WIDTHS, CodePayload,
                                              random_official_state_dict)
 
@@ -70,7 +71,7 @@ def test_resampler_matches_the_official_algebra():
 def test_missing_foreign_or_misshaped_keys_are_refused_by_name(edit, expected):
     sd = random_official_state_dict()
     edit(sd)
-    with pytest.raises(ValueError, match=expected.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(ArgumentError, match=expected.replace("(", r"\(").replace(")", r"\)")):
         ip.check_state_dict(sd)
 
 
@@ -91,15 +92,15 @@ def test_a_pickle_that_is_not_plain_tensors_is_refused_without_running_it(tmp_pa
     marker = tmp_path / "ran"
     bad = tmp_path / "bad.bin"
     torch.save({"image_proj": {"latents": CodePayload(str(marker))}, "ip_adapter": {}}, bad)
-    with pytest.raises(ValueError, match=r"not a plain tensor file: .*\(Unsupported global: GLOBAL io.open\)$"):
+    with pytest.raises(ArgumentError, match=r"not a plain tensor file: .*\(Unsupported global: GLOBAL io.open\)$"):
         ip.read_state_dict(str(bad))
     assert not marker.exists()
     with open(tmp_path / "junk.bin", "wb") as f:
         f.write(b"not a pickle at all")
-    with pytest.raises(ValueError, match="not a plain tensor file"):
+    with pytest.raises(ArgumentError, match="not a plain tensor file"):
         ip.read_state_dict(str(tmp_path / "junk.bin"))
     torch.save([torch.zeros(1)], tmp_path / "list.bin")
-    with pytest.raises(ValueError, match="holds a list"):
+    with pytest.raises(ArgumentError, match="holds a list"):
         ip.read_state_dict(str(tmp_path / "list.bin"))
 
 
