@@ -307,3 +307,16 @@ def test_a_model_without_sd15s_cross_attentions_is_refused(sd15, sd15_prompt):
     with pytest.raises(DragEditInputError) as err:
         host.with_image_prompt({}, sd15[0], sd15_prompt, "test")
     assert err.value.input_name == "image_prompt" and "SD 1.5" in err.value.fix
+
+
+def test_schemas_are_documented_everywhere(comfy_nodes):
+    for node in (DragEditImagePromptLoader, DragEditImagePrompt):
+        info = node.GET_NODE_INFO_V1()
+        assert info["category"] == "DragEdit" and len(info["description"]) > 100, info["name"]
+        specs = {**info["input"]["required"], **info["input"].get("optional", {})}
+        assert all(spec[1].get("tooltip") for spec in specs.values()), info["name"]
+        assert all(info["output_tooltips"]), info["name"]
+    info = DragEditImagePrompt.GET_NODE_INFO_V1()
+    assert set(info["input"]["optional"]) == {"clip_vision", "image_replace"}
+    assert info["input"]["required"]["scale"][1]["default"] == 0.1
+    assert info["input"]["required"]["faithful_bugs"][1]["default"] is False

@@ -244,3 +244,14 @@ def test_bad_inputs_name_the_node_the_input_and_the_fix(sd15, latent, empty):
     image = torch.zeros(1, 64, 64, 3)
     assert _error(model=model, image=image, **_widgets()).input_name == "vae"
     assert _error(model=model, image=image, latent=latent, **_widgets()).input_name == "latent"
+
+
+def test_schema_is_documented_everywhere(comfy_nodes):
+    info = DragEditIdentityLoRA.GET_NODE_INFO_V1()
+    assert info["category"] == "DragEdit" and len(info["description"]) > 100
+    specs = {**info["input"]["required"], **info["input"].get("optional", {})}
+    assert all(spec[1].get("tooltip") for spec in specs.values())
+    assert all(info["output_tooltips"]) and info["output"] == ["MODEL"]
+    assert set(info["input"]["optional"]) == {"latent", "image", "vae", "positive", "save_name"}
+    assert {name: specs[name][1]["default"] for name in ("steps", "rank", "lr", "batch_size", "seed")} == \
+        dict(steps=70, rank=16, lr=5e-4, batch_size=4, seed=0)
