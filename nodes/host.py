@@ -359,17 +359,19 @@ class IdentityLoRA:
 
 
 def prediction_type(model, node: str, input_name: str = "model") -> str:
-    """'eps' or 'v': the model's own prediction target, which the LoRA's loss uses (kernels.lora)."""
+    """'eps' or 'v': the model's own prediction target, which the LoRA's loss uses (kernels.lora). The class that
+    defines the model's denoising formula decides (ComfyUI's X0, LCM and EDM subclass EPS or V_PREDICTION), and
+    the schedule must be discrete (integer timesteps, as the papers' t ~ U[0, 1000))."""
     import comfy.model_sampling
 
     sampling = model.get_model_object("model_sampling")
-    if isinstance(sampling, comfy.model_sampling.V_PREDICTION):
-        return "v"
-    if isinstance(sampling, comfy.model_sampling.EPS) and \
-            not isinstance(sampling, (comfy.model_sampling.CONST, comfy.model_sampling.EDM)):
-        return "eps"
-    raise DragEditInputError(node, input_name, f"predicts with {type(sampling).__name__}",
-                             f"Use an epsilon or v-prediction model: {SUPPORTED_FAMILIES}")
+    owner = next((c for c in type(sampling).__mro__ if "calculate_denoised" in c.__dict__), None)
+    kind = {comfy.model_sampling.EPS: "eps", comfy.model_sampling.V_PREDICTION: "v"}.get(owner)
+    if kind is None or not isinstance(sampling, comfy.model_sampling.ModelSamplingDiscrete):
+        seen = owner.__name__ if owner is not None else type(sampling).__name__
+        raise DragEditInputError(node, input_name, f"predicts with {seen} on a {type(sampling).__mro__[1].__name__} "
+                                 "schedule", f"Use an epsilon or v-prediction model: {SUPPORTED_FAMILIES}")
+    return kind
 
 
 def lora_target_modules(model, node: str, input_name: str = "model") -> list:

@@ -223,6 +223,21 @@ def test_saved_lora_reloads_through_the_stock_loader_to_the_same_output(sd15, co
     assert torch.equal(_eps(reloaded, z, t, empty[0][0]), _eps(trained, z, t, empty[0][0]))
 
 
+def test_v_prediction_models_fit_their_own_target(sd15, latent, empty):
+    """A v-model (ModelSamplingDiscrete set to v_prediction, as SD 2.x 768-v) is detected and fitted; other
+    prediction types are refused by name."""
+    from comfy_extras.nodes_model_advanced import ModelSamplingDiscrete
+
+    v_model = ModelSamplingDiscrete().patch(sd15[0], "v_prediction", False)[0]
+    assert host.prediction_type(sd15[0], "test") == "eps" and host.prediction_type(v_model, "test") == "v"
+    out = run_node(DragEditIdentityLoRA, model=v_model, latent=latent, positive=empty, **_widgets(steps=1)).result[0]
+    assert len(out.patches) == SD15_ATTENTION_LAYERS * 4
+    x0_model = ModelSamplingDiscrete().patch(sd15[0], "x0", False)[0]
+    with pytest.raises(DragEditInputError) as err:
+        run_node(DragEditIdentityLoRA, model=x0_model, latent=latent, positive=empty, **_widgets(steps=1))
+    assert err.value.input_name == "model" and "X0" in str(err.value)
+
+
 def _error(**inputs):
     with pytest.raises(DragEditInputError) as err:
         run_node(DragEditIdentityLoRA, **inputs)
