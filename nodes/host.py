@@ -501,19 +501,31 @@ def lora_file_names(model, keys) -> dict:
             else key[:-len(".weight")] for key in keys}
 
 
-def save_identity_lora(model, fitted: IdentityLoRA, filename_prefix: str) -> str:
-    """Writes the LoRA as a .safetensors under ComfyUI's first `loras` folder, numbered like SaveLoRA's files;
-    returns its name as LoraLoaderModelOnly lists it."""
-    import json
+def lora_save_path(filename_prefix: str, node: str, input_name: str = "save_name") -> str:
+    """The next free `<prefix>_NNNNN_.safetensors` under ComfyUI's first `loras` folder (numbered like SaveLoRA's
+    files), checked before any work is done."""
     import os
 
     import folder_paths
-    import safetensors.torch
 
     loras = folder_paths.get_folder_paths("loras")[0]
-    folder, filename, counter, _, _ = folder_paths.get_save_image_path(filename_prefix, loras)
-    os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, f"{filename}_{counter:05}_.safetensors")
+    try:
+        folder, filename, counter, _, _ = folder_paths.get_save_image_path(filename_prefix, loras)
+    except Exception:  # ComfyUI raises a bare Exception for a prefix that leaves the folder
+        raise DragEditInputError(node, input_name, f"'{filename_prefix}' points outside models/loras",
+                                 "Use a name or a sub-folder path inside models/loras, without '..'") from None
+    return os.path.join(folder, f"{filename}_{counter:05}_.safetensors")
+
+
+def save_identity_lora(model, fitted: IdentityLoRA, path: str) -> None:
+    """Writes the LoRA in kohya's format (lora_up / lora_down / alpha per module), which LoraLoaderModelOnly reads
+    back to the same weights."""
+    import json
+    import os
+
+    import safetensors.torch
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
     names = lora_file_names(model, fitted.pairs)
     tensors = {}
     for key, (up, down) in fitted.pairs.items():
@@ -525,7 +537,6 @@ def save_identity_lora(model, fitted: IdentityLoRA, filename_prefix: str) -> str
                 "dragedit.identity_lora": json.dumps(dict(dataclasses.asdict(fitted.recipe), seed=fitted.seed,
                                                           final_loss=float(fitted.losses[-1])))}
     safetensors.torch.save_file(tensors, path, metadata=metadata)
-    return os.path.relpath(path, loras)
 
 
 # --- Image prompt (issue 14: DiffEditor's IP-Adapter variant) --------------------------------------------------------

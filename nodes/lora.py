@@ -89,6 +89,7 @@ class DragEditIdentityLoRA(io.ComfyNode):
                 save_name="") -> io.NodeOutput:
         recipe = _recipe(steps, rank, lr, batch_size)
         host.topology(model, NAME)
+        save_path = host.lora_save_path(save_name.strip(), NAME) if save_name and save_name.strip() else None
         if latent is not None and image is not None:
             raise DragEditInputError(NAME, "latent", "and image are both connected",
                                      "Connect one: image + vae (posterior samples, as the papers) or latent")
@@ -106,8 +107,8 @@ class DragEditIdentityLoRA(io.ComfyNode):
         z_std = None if std is None else host.latent_to_z(model, {"samples": latent["samples"] + std}, NAME) - z_mean
         patched, fitted = host.fit_identity_lora(model, z_mean, z_std, positive, recipe, seed, NAME,
                                                  cls.hidden.unique_id)
-        if save_name and save_name.strip():
-            host.save_identity_lora(model, fitted, save_name.strip())
+        if save_path is not None:
+            host.save_identity_lora(model, fitted, save_path)
         return io.NodeOutput(patched)
 
 

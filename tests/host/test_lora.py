@@ -216,6 +216,10 @@ def test_saved_lora_reloads_through_the_stock_loader_to_the_same_output(sd15, co
     kohya = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
     assert {f"{kohya}.lora_up.weight", f"{kohya}.lora_down.weight", f"{kohya}.alpha"} <= keys
     assert len(keys) == 3 * SD15_ATTENTION_LAYERS * 4
+    with pytest.raises(DragEditInputError) as err:
+        run_node(DragEditIdentityLoRA, model=model, latent=latent, positive=empty, save_name="../escape",
+                 **_widgets(steps=1))
+    assert err.value.input_name == "save_name" and folder_paths.get_filename_list("loras") == files
     reloaded = comfy_nodes.LoraLoaderModelOnly().load_lora_model_only(model, files[0], 1.0)[0]
     assert set(reloaded.patches) == set(trained.patches)
     z = host.latent_to_z(model, latent, "test")
