@@ -74,6 +74,18 @@ def test_input_model_is_unchanged_and_the_lora_model_differs(sd15, fitted, empty
     assert (with_lora - before).abs().max() > 1e-4
 
 
+def test_a_stock_ksampler_samples_with_the_lora(sd15, fitted, latent, empty, comfy_nodes):
+    lora_model, _, _ = fitted
+
+    def sample(model):
+        with torch.inference_mode():
+            return comfy_nodes.common_ksampler(model, 0, 3, 1.0, "ddim", "ddim_uniform", empty, empty, latent)[0]
+
+    base, with_lora, again = sample(sd15[0]), sample(lora_model), sample(sd15[0])
+    assert torch.equal(base["samples"], again["samples"])   # the LoRA did not leak into the input MODEL
+    assert (with_lora["samples"] - base["samples"]).abs().max() > 1e-4
+
+
 def _pairs(model):
     return {key: [t.clone() for t in patches[0][1].weights[:2]] for key, patches in model.patches.items()}
 
