@@ -1,7 +1,8 @@
 """Identity LoRA (GoodDrag / DragDiffusion's per-image LoRA): what it changes on the demo model, what it costs at
 SD-1.5 size.
 
-    .dev/venv/bin/python -m bench.lora [--cases 4] [--steps 50] [--size 256] [--timing-steps 2] [--skip-time]
+    .dev/venv/bin/python -m bench.lora [--cases 4] [--modes move resize drag] [--steps 50] [--size 256]
+                                       [--timing-steps 2] [--skip-time] [--skip-quality]
 
 Quality, on the demo model (tools/train_demo.py) with the Identity LoRA node's defaults (GoodDrag's recipe: 70
 steps, rank 16, lr 5e-4, batch 4), one LoRA fitted per image, used for the image's inversion and its edit:
@@ -74,36 +75,36 @@ def reconstruction(editor: Editor, count: int) -> dict:
     return {k: float(np.mean(v)) for k, v in rows.items()}
 
 
-def drag_accuracy(editor: Editor, cases_per_mode: int) -> dict:
-    """{(mode, preset, 'without'|'with'): mean measures} over the generated cases."""
+def drag_accuracy(editor: Editor, mode: str, cases_per_mode: int) -> dict:
+    """{(preset, 'without'|'with'): mean measures} over the mode's generated cases."""
     results = {}
-    for mode in MODES:
-        cases = [scenes.drag_case(seed, mode) for seed in range(cases_per_mode)]
-        for case in cases:
-            latent = editor.encode(case.image)
-            f_in = editor.features(case.image)
-            fitted = with_lora(editor, latent)
-            for preset in PRESETS:
-                for label, ed in (("without", editor), ("with", fitted)):
-                    output = editor.decode(aldd_edit(ed, case, latent, preset))
-                    row = measure(case, output, f_in, editor.features(output))
-                    results.setdefault((mode, preset, label), []).append(row)
+    for case in (scenes.drag_case(seed, mode) for seed in range(cases_per_mode)):
+        latent = editor.encode(case.image)
+        f_in = editor.features(case.image)
+        fitted = with_lora(editor, latent)
+        for preset in PRESETS:
+            for label, ed in (("without", editor), ("with", fitted)):
+                output = editor.decode(aldd_edit(ed, case, latent, preset))
+                results.setdefault((preset, label), []).append(measure(case, output, f_in, editor.features(output)))
     return {key: {m: float(np.mean([r[m] for r in rows])) for m in rows[0]} for key, rows in results.items()}
 
 
-def print_quality(recon: dict, accuracy: dict, cases: int, steps: int):
+def quality(editor: Editor, cases: int, modes, steps: int):
+    """Prints the table row by row as the measurements finish (a full run takes long on a CPU)."""
     defaults = widget_defaults(_lora_node())
     print(f"Identity LoRA on the demo model: {cases} held-out scenes and {cases} cases per mode at 128x128, {steps} "
           f"DDIM steps; LoRA {defaults['steps']} steps, rank {defaults['rank']}, lr {defaults['lr']:g}, batch "
           f"{defaults['batch_size']}, one per image")
     print(f"{'':8}{'':15}{'':12}{'without LoRA':>14}{'with LoRA':>11}")
+    recon = reconstruction(editor, cases)
     print(f"{'recon':8}{'inversion+DDIM':15}{'PSNR dB':12}{recon['without']:>14.2f}{recon['with']:>11.2f}"
-          f"   (autoencoder alone {recon['autoencoder']:.2f})")
-    for mode in MODES:
+          f"   (autoencoder alone {recon['autoencoder']:.2f})", flush=True)
+    for mode in modes:
+        accuracy = drag_accuracy(editor, mode, cases)
         for preset in PRESETS:
             for k, (metric, label) in enumerate((("centroid", "centroid px"), ("unchanged", "unchanged"),
                                                  ("md", "MD px"))):
-                without, with_ = accuracy[(mode, preset, "without")][metric], accuracy[(mode, preset, "with")][metric]
+                without, with_ = accuracy[(preset, "without")][metric], accuracy[(preset, "with")][metric]
                 print(f"{mode if k == 0 and preset == PRESETS[0] else '':8}{METHOD_NAMES[preset] if k == 0 else '':15}"
                       f"{label:12}{without:>14.1f}{with_:>11.1f}", flush=True)
 
@@ -142,6 +143,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", type=int, default=4, help="held-out scenes, and cases per mode")
     ap.add_argument("--steps", type=int, default=50, help="DDIM steps of the full schedule")
+    ap.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES), help="drag-case modes")
     ap.add_argument("--size", type=int, default=256, help="image size in px for the timing (multiple of 64)")
     ap.add_argument("--timing-steps", type=int, default=2, help="timed LoRA steps after the first")
     ap.add_argument("--skip-time", action="store_true", help="the demo-model table only")
@@ -150,8 +152,7 @@ def main():
     load_pack()
     comfy_inproc.import_comfy()
     if not args.skip_quality:
-        editor = Editor(args.steps)
-        print_quality(reconstruction(editor, args.cases), drag_accuracy(editor, args.cases), args.cases, args.steps)
+        quality(Editor(args.steps), args.cases, args.modes, args.steps)
     if not args.skip_time:
         print_time(time_fit(args.size, args.timing_steps), args.size)
 
