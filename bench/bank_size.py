@@ -38,7 +38,7 @@ def main():
 
         latent = {"samples": torch.randn(1, 4, 64, 64)}
         out, seconds = timed(run_node, DragEditDDIMInversion, model=model, latent=latent, positive=encode(clip, ""),
-                             steps=50, strength=0.04, layers="decoder self-attention", bank_device="offload (CPU)")
+                             steps=50, strength=0.04, layers="family default", bank_device="offload (CPU)")
         bank = out.result[0]
         attention = sum(v.numel() * v.element_size() for v in bank.attention.values()) / len(bank.timesteps)
         formula = bank_bytes_per_step((64, 64), SD15_DECODER)

@@ -73,7 +73,7 @@ class Editor:
             pixels = self.vae.decode(latent["samples"])
         return (pixels.reshape(pixels.shape[-3:]).clamp(0, 1).numpy() * 255).round().astype(np.uint8)
 
-    def invert(self, latent, strength, layers="decoder self-attention"):
+    def invert(self, latent, strength, layers="family default"):
         return run_node(self.nodes["inversion"], model=self.model, latent=latent, positive=self.cond,
                         steps=self.steps, strength=strength, layers=layers, bank_device="offload (CPU)").result[0]
 
@@ -100,29 +100,31 @@ class Editor:
             node, geometry = self.nodes["drag"], dict(points=DragPoints((case.handle + case.target,), (size, size)),
                                                       mask=_editable_region(case))
         model = run_node(self.nodes["vca"], model=self.model, memory_bank=bank,
-                         mode="concat" if case.mode == "drag" else "replace", start_step=round(5 * self.steps / 50),
-                         end_step=1000).result[0]
+                         mode="concat" if case.mode == "drag" else "replace", step_range="method's steps",
+                         start_step=0, end_step=1000).result[0]
         sde_strength = widget_defaults(self.nodes["sampler"])["sde_strength"]
         return self._sample(bank, node, geometry, model, sde_strength=sde_strength)
 
     def _sample(self, bank, guidance_node, geometry, model, sde_strength=0.0) -> dict:
-        from comfyui_dragedit.kernels.features import DRAGON_TAP
+        from comfyui_dragedit.kernels.features import dragon_tap
 
+        fam = self.nodes["host"].family(self.model, "bench")
         guidance = run_node(guidance_node, **{**widget_defaults(guidance_node), **geometry}).result[0]
         settings = {**widget_defaults(self.nodes["sampler"]), "sde_strength": sde_strength}
-        return run_node(self.nodes["sampler"], model=model, memory_bank=bank, guidance=guidance, features=DRAGON_TAP,
+        return run_node(self.nodes["sampler"], model=model, memory_bank=bank, guidance=guidance,
+                        features=dragon_tap(fam.dragon_taps, fam.name),
                         positive=self.cond, negative=self.cond, **settings).result[0]
 
     def gooddrag(self, case, latent) -> dict:
         from comfyui_dragedit.kernels.aldd import GOODDRAG
-        from comfyui_dragedit.kernels.features import GOODDRAG_TAP
+        from comfyui_dragedit.kernels.features import gooddrag_tap
         from comfyui_dragedit.kernels.points import DragPoints
 
         size = case.image.shape[0]
         bank = self.invert(latent, GOODDRAG.settings.strength)
         points = DragPoints((case.handle + case.target,), (size, size))
         return run_node(self.nodes["aldd"], model=self.model, memory_bank=bank, positive=self.cond, points=points,
-                        features=GOODDRAG_TAP, mask=_editable_region(case),
+                        features=gooddrag_tap(8, "SD 1.x"), mask=_editable_region(case),
                         **widget_defaults(self.nodes["aldd"])).result[0]
 
     def edit(self, case, method) -> np.ndarray:
@@ -133,19 +135,22 @@ class Editor:
 
     def features(self, image: np.ndarray) -> torch.Tensor:
         """DIFT-style features of an image: output block 8 at t=261 with fixed noise, [C, H/2, W/2]."""
-        from comfyui_dragedit.kernels.features import GOODDRAG_TAP, concat_features
+        from comfyui_dragedit.kernels.features import concat_features, gooddrag_tap
         from comfyui_dragedit.kernels.schedule import alpha_bar_at
 
         host = self.nodes["host"]
+        latent = self.encode(image)
+        alpha_bar = alpha_bar_at(host.model_alphas_cumprod(self.model), MD_TIMESTEP)
+        noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(0))
+        feats = []
+
+        def loop(passes, z0):
+            z_t = math.sqrt(alpha_bar) * z0 + math.sqrt(1 - alpha_bar) * noise.to(z0)
+            feats.extend(passes.features(z_t, MD_TIMESTEP, gooddrag_tap(8, "SD 1.x"))[1])
+            return z0
+
         with torch.inference_mode():
-            z0 = host.latent_to_z(self.model, self.encode(image), "bench")
-        runner = host.UNetRunner(self.model)
-        alpha_bar = alpha_bar_at(runner.alphas_cumprod, MD_TIMESTEP)
-        noise = torch.randn(z0.shape, generator=torch.Generator().manual_seed(0))
-        z_t = math.sqrt(alpha_bar) * z0 + math.sqrt(1 - alpha_bar) * noise
-        cond = host.conditioning_tensor(self.cond, "bench", "positive")
-        with torch.inference_mode():
-            feats = runner.features_fn(GOODDRAG_TAP, cond)(z_t.to(runner.device), MD_TIMESTEP)
+            host.sample(self.model, loop, latent, self.cond)
         return concat_features(feats)[0].float().cpu()
 
 

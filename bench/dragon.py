@@ -1,5 +1,6 @@
 """DragonDiffusion / DiffEditor cost per edit: UNet passes per mode and schedule against the official budget
-(dragondiffusion.md §8), and the time of one move edit on the full SD-1.5 UNet at random weights.
+(dragondiffusion.md §8), what a move edit dispatches (bench.cpu_counts: ops per pass against a plain ComfyUI step,
+syncs, weight copies, weight patches), and the time of one move edit on the full SD-1.5 UNet at random weights.
 
     .dev/venv/bin/python -m bench.dragon [--time-steps 10] [--time-size 256] [--no-timing]
 
@@ -14,6 +15,7 @@ import os
 
 import torch
 
+from bench import cpu_counts
 from bench.support import PassCounter, encode, load_model, timed, widget_defaults
 from tests.support import comfy_inproc
 from tests.support.comfy_inproc import run_node
@@ -41,19 +43,20 @@ def official(mode: str, schedule: str) -> dict:
 
 
 class PassKinds(PassCounter):
-    """PassCounter that sorts the passes by what they serve and counts the backward passes through the UNet."""
+    """PassCounter that sorts the passes by the run's phase (host.Run) and counts the backward passes through the
+    UNet."""
 
     def __init__(self, host_module):
         super().__init__()
-        self.tap_patch = host_module.TapPatch
+        self.run_key = host_module.RUN_KEY
         self.kinds = collections.Counter()
 
     def __call__(self, h, transformer_options):
         if transformer_options.get("block") == ("input", 0):
-            patches = transformer_options.get("patches", {}).get("output_block_patch", [])
-            if any(isinstance(p, self.tap_patch) for p in patches):
+            phase = transformer_options[self.run_key].phase
+            if phase == "estimate":
                 self.kinds["graph" if h.requires_grad else "reference"] += 1
-            elif 1 in transformer_options.get("cond_or_uncond", ()):
+            elif phase == "denoise" and 1 in transformer_options.get("cond_or_uncond", ()):
                 self.kinds["cfg"] += 1
             else:
                 self.kinds["cond"] += 1
@@ -95,12 +98,11 @@ def _guidance(nodes, mode: str, size: int):
 def _edit(nodes, model, banks, mode, schedule, cond, uncond, size, steps):
     """One edit as the example workflows wire it (bank attention on the paper's steps); returns the LATENT."""
     guidance, vca_mode, vca_masks = _guidance(nodes, mode, size)
-    start, end = (0, round(35 * steps / 50)) if vca_mode == "masked" else (round(5 * steps / 50), 1000)
     second = dict(memory_bank_replace=banks[1]) if vca_mode == "masked" else {}
-    patched = run_node(nodes["vca"], model=model, memory_bank=banks[0], mode=vca_mode, start_step=start,
-                       end_step=end, **second, **vca_masks).result[0]
+    patched = run_node(nodes["vca"], model=model, memory_bank=banks[0], mode=vca_mode, step_range="method's steps",
+                       start_step=0, end_step=1000, **second, **vca_masks).result[0]
     return run_node(nodes["sampler"], model=patched, memory_bank=banks[0], guidance=guidance,
-                    features=features.DRAGON_TAP, positive=cond, negative=uncond,
+                    features=features.dragon_tap((5, 8), "SD 1.x"), positive=cond, negative=uncond,
                     **{**widget_defaults(nodes["sampler"]), "schedule": schedule}, **second).result[0]
 
 
@@ -108,7 +110,7 @@ def _invert(nodes, model, cond, size, steps, seed):
     torch.manual_seed(seed)
     latent = {"samples": torch.randn(1, 4, size // 8, size // 8)}
     return run_node(nodes["inversion"], model=model, latent=latent, positive=cond, steps=steps, strength=1.0,
-                    layers="decoder self-attention", bank_device="offload (CPU)").result[0]
+                    layers="family default", bank_device="offload (CPU)").result[0]
 
 
 def _nodes():
@@ -143,7 +145,9 @@ def count_passes(nodes):
             _print_row(mode, schedule, ours, official("move" if mode == "resize" else mode, schedule))
     print("Official two-image inversion is one batch-2 call per step (50 calls, 100 batch items); ours is two "
           "batch-1 inversions (100 calls). Re-noise: the official code computes and discards the last of each "
-          "time-travel group (12); we skip it (8). Reference features are cached per timestep across time travel.")
+          "time-travel group (12); we skip it (8). Reference features are cached per timestep across time travel. "
+          "Backward: the official code runs two per guided evaluation (retain_graph, then a second autograd.grad); "
+          "ours takes both energies' gradients in one batched backward (counted once here).")
 
 
 def _print_row(mode, schedule, ours, theirs):
@@ -181,6 +185,8 @@ def main():
     comfy_inproc.import_comfy()
     nodes = _nodes()
     count_passes(nodes)
+    print()
+    cpu_counts.report("dragon", STEPS)
     if not args.no_timing:
         time_move(nodes, args.time_steps, args.time_size)
 

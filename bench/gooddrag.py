@@ -1,5 +1,6 @@
 """GoodDrag and DragDiffusion edits: UNet passes against the official budget (gooddrag.md §8), the time of one
-GoodDrag edit on the full SD-1.5 UNet at random weights, and the edit's peak memory.
+GoodDrag edit on the full SD-1.5 UNet at random weights, and the edit's peak memory, and what a GoodDrag edit dispatches (bench.cpu_counts: ops per pass, syncs, weight copies,
+weight patches).
 
     .dev/venv/bin/python -m bench.gooddrag [--size 256] [--grad-steps 3] [--skip-time]
 
@@ -40,8 +41,8 @@ def drag(scheduler, model, bank, cond, points, preset, **overrides):
                    lr=s.lr, max_no_change=s.max_no_change)
     widgets.update(overrides)
     return run_node(scheduler, model=model, memory_bank=bank, positive=cond, points=points,
-                    features=features.GOODDRAG_TAP, preset="custom", motion=preset.motion, tracker=preset.tracker,
-                    **widgets)
+                    features=features.gooddrag_tap(8, "SD 1.x"), preset="custom", motion=preset.motion,
+                    tracker=preset.tracker, masactrl_layers="by resolution (family default)", **widgets)
 
 
 def invert(model, cond, latent, strength, steps=50):
@@ -49,7 +50,7 @@ def invert(model, cond, latent, strength, steps=50):
     from tests.support.comfy_inproc import run_node
 
     return run_node(DragEditDDIMInversion, model=model, latent=latent, positive=cond, steps=steps, strength=strength,
-                    layers="none", bank_device="offload (CPU)").result[0]
+                    layers="none", bank_device="auto").result[0]
 
 
 def count_passes():
@@ -142,7 +143,11 @@ def main():
     ap.add_argument("--skip-time", action="store_true", help="pass counts only")
     args = ap.parse_args()
     load_pack()
+    from bench import cpu_counts
+
     print_counts(count_passes())
+    print()
+    cpu_counts.report("gooddrag", 50)
     if not args.skip_time:
         print_time(time_edit(args.size, args.grad_steps), args.size, args.grad_steps)
 

@@ -48,16 +48,18 @@ def with_lora(editor: Editor, latent: dict) -> Editor:
 
 def aldd_edit(editor: Editor, case, latent: dict, preset: str) -> dict:
     """The AlDD Drag Scheduler with a preset, on its inversion strength, as the gooddrag / dragdiffusion examples."""
-    from comfyui_dragedit.kernels.features import GOODDRAG_TAP
+    from comfyui_dragedit.kernels.features import gooddrag_tap
     from comfyui_dragedit.kernels.points import DragPoints
     from comfyui_dragedit.nodes.aldd import PRESETS as ALDD_PRESETS
 
+    fam = editor.nodes["host"].family(editor.model, "bench")
     size = case.image.shape[0]
     bank = editor.invert(latent, ALDD_PRESETS[preset].settings.strength)
     points = DragPoints((case.handle + case.target,), (size, size))
     widgets = {**widget_defaults(editor.nodes["aldd"]), "preset": preset}
     return run_node(editor.nodes["aldd"], model=editor.model, memory_bank=bank, positive=editor.cond, points=points,
-                    features=GOODDRAG_TAP, mask=_editable_region(case), **widgets).result[0]
+                    features=gooddrag_tap(fam.gooddrag_tap, fam.name), mask=_editable_region(case),
+                    **widgets).result[0]
 
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:

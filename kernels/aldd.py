@@ -157,32 +157,84 @@ def _feature_map(features) -> torch.Tensor:
     return features[0] if len(features) == 1 else torch.cat(list(features), dim=1)
 
 
+class MaskedAdam:
+    """Adam on one tensor (torch.optim.Adam's defaults and arithmetic) whose every update is gated on the device.
+
+    step(z, grad, active) returns z after one Adam step where `active` (a 0-d bool tensor) and the unscaled grad
+    is finite, else z unchanged with the moments untouched, so the loop never reads a flag back to the CPU. With
+    loss scaling (fp16 on CUDA) the caller multiplies the loss by `scale`; the scale follows GradScaler's rule
+    (2^16 at the start, halved on a non-finite gradient, doubled after 2000 good steps). The step count that
+    drives the bias correction is the count of steps taken, as a Python int, like torch's Adam: a step skipped for
+    a non-finite fp16 gradient still counts (GradScaler would not call the optimizer then), a deviation of the bias
+    correction only, on CUDA in fp16 only.
+    """
+
+    def __init__(self, z: torch.Tensor, lr: float, loss_scaling: bool = False, betas=(0.9, 0.999), eps=1e-8):
+        self.lr, self.betas, self.eps = lr, betas, eps
+        self.m, self.v = torch.zeros_like(z), torch.zeros_like(z)
+        self.k = 0
+        self.loss_scaling = loss_scaling
+        self.scale = torch.full((), 2.0 ** 16 if loss_scaling else 1.0, device=z.device)
+        self.good = torch.zeros((), dtype=torch.long, device=z.device)
+
+    def step(self, z: torch.Tensor, grad: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+        grad = grad / self.scale if self.loss_scaling else grad
+        finite = torch.isfinite(grad).all()
+        ok = active & finite
+        grad = torch.where(finite, grad, torch.zeros_like(grad))
+        beta1, beta2 = self.betas
+        self.k += 1
+        m = self.m.lerp(grad, 1 - beta1)
+        v = self.v.mul(beta2).addcmul_(grad, grad, value=1 - beta2)
+        step_size = self.lr / (1 - beta1 ** float(self.k))
+        denom = (v.sqrt() / (1 - beta2 ** float(self.k)) ** 0.5).add_(self.eps)
+        moved = z.addcdiv(m, denom, value=-step_size)
+        self.m, self.v = torch.where(ok, m, self.m), torch.where(ok, v, self.v)
+        if self.loss_scaling:
+            self.good = torch.where(finite, self.good + 1, torch.zeros_like(self.good))
+            grow = self.good >= 2000
+            self.scale = torch.where(finite, torch.where(grow, self.scale * 2, self.scale), self.scale * 0.5)
+            self.good = torch.where(grow, torch.zeros_like(self.good), self.good)
+        return torch.where(ok, moved, z)
+
+
 class AlDDPolicy(StepPolicy):
     """The AlDD drag engine for `ddim.denoise`; one instance per run (style.md §4.6.2).
 
-    forward_fn(z [1, 4, h, w], t) -> (eps [1, 4, h, w], list of [1, C_k, sup_h, sup_w]): one UNet forward
-        WITHOUT bank attention, with grad when grad is enabled (docs/CONTRACTS.md). The policy calls it on the
-        edit latent during dragging and on the source latent for the reference trajectory: before each drag
-        chunk at t it computes features[t] = F(z0_t) and orig_next[t] = DDIM(z0_t) from the source branch, so
-        the T2 reference steps cost one forward each and only the current one is held (gooddrag.md §3.1).
+    forward_fn(z [1, 4, h, w], t, need_eps) -> (eps [1, 4, h, w] or None, list of [1, C_k, sup_h, sup_w]): one
+        UNet forward WITHOUT bank attention, with grad when grad is enabled (docs/CONTRACTS.md); without need_eps
+        it may stop after the last tapped block and return eps None. The policy calls it on the edit latent
+        during dragging (eps only for the masked latent term) and on the source latent for the reference
+        trajectory: before each drag chunk at t it computes features[t] = F(z0_t) and orig_next[t] = DDIM(z0_t)
+        from the source branch, so the T2 reference steps cost one forward each and only the current one is held
+        (gooddrag.md §3.1).
     plan: the run's plan (`settings.plan(num_steps)`); drag steps must be consecutive.
     alphas_cumprod: float64 [1000]. handles, targets: float [N, 2] (x, y) image px. image_size: (W, H).
     mask: editable region at image resolution (see `motion.latent_keep`), or None.
     sup_size: (sup_h, sup_w) of the feature maps; default `supervision_size(image_size)`.
-    grad_scaler: a torch.amp.GradScaler when forward_fn runs under fp16 autocast, as both official codes.
-    callback(info) after every gradient step: dict(i, t, grad_step, total, drag, handles, loss), where handles
-        is long [N, 2] sup (row, col) and loss a 0-d tensor; the host shows progress and checks interruption.
+    loss_scaling: scale the loss for backward through an fp16 UNet on CUDA, as both official codes (MaskedAdam).
+    callback(info) after every gradient step: dict(i, t, grad_step, total, drag, handles, loss, active), where
+        handles is long [N, 2] sup (row, col), loss a 0-d tensor and active a 0-d bool tensor (False once the
+        chunk stopped: the step changed nothing); the host shows progress and checks interruption.
+
+    Nothing inside a chunk reads the device: the stop tests (every handle within reach, or the no-change limit)
+    are device flags that freeze the latent and the handles from where the official loop would have stopped
+    (gooddrag.md §3.2), and the chunk's remaining passes change nothing; the flags are read once per chunk, after
+    it. The no-change limit reached at a chunk's last tracking ends dragging before the next timestep, which then
+    runs with MasaCtrl (GD pipeline.py:L695-704); "all reached" is tested at the next chunk's opening re-track,
+    as officially.
 
     denoise must be called with z = [z_source, z_edit] ([2, 4, h, w], both the inverted latent at the first
     step); drags change item 1 only. After the run: `handles` (sup), `final_handles_xy()`, `trajectory_xy()`,
-    `stop_reason` ("reached", "no_change" or None) and the counters grad_steps, trackings, start_trackings.
+    `stop_reason` ("reached", "no_change" or None) and the counters grad_steps (taken), trackings and
+    start_trackings (ints, read back after the run).
     """
 
     def __init__(self, forward_fn, plan, alphas_cumprod: torch.Tensor, handles, targets,
                  image_size: tuple[int, int], *, settings: AlDDSettings = GOODDRAG.settings,
                  motion: MotionSupervision = GOODDRAG.motion, tracker: TrackerSpec = GOODDRAG.tracker,
                  mask: torch.Tensor | None = None, sup_size: tuple[int, int] | None = None,
-                 grad_scaler=None, callback=None):
+                 loss_scaling: bool = False, callback=None):
         width, height = image_size
         if width < 2 or height < 2:
             raise ArgumentError("image_size", f"must be (W, H) with both >= 2, got {image_size!r}")
@@ -190,7 +242,7 @@ class AlDDPolicy(StepPolicy):
         targets_xy = _check_points("targets", targets, image_size)
         if handles_xy.shape[0] != targets_xy.shape[0]:
             raise ArgumentError("targets", f"must match handles one to one: {handles_xy.shape[0]} handles, "
-                             f"{targets_xy.shape[0]} targets")
+                                           f"{targets_xy.shape[0]} targets")
         if mask is not None and (not 2 <= mask.dim() <= 4 or mask.numel() != mask.shape[-2] * mask.shape[-1]):
             raise ArgumentError("mask", f"must be [H, W], [1, H, W] or [1, 1, H, W], got shape {tuple(mask.shape)}")
         drag_steps = [s for s in plan if s.drag]
@@ -202,24 +254,42 @@ class AlDDPolicy(StepPolicy):
         self.settings, self.motion, self.tracker = settings, motion, tracker
         self.image_size = (width, height)
         self.sup_size = tuple(sup_size) if sup_size is not None else supervision_size(image_size)
-        self.mask = mask
-        self.grad_scaler = grad_scaler
+        self.mask = None if mask is None else mask.detach().cpu()
+        self.loss_scaling = loss_scaling
         self.callback = callback
         self.origins = to_supervision(handles_xy, image_size, self.sup_size)
         self.handles = self.origins.clone()
         self.targets = to_supervision(targets_xy, image_size, self.sup_size)
         self.trajectory = [self.handles]
+        self._tracked = []
         self.total = len(drag_steps) * settings.drags_per_step * settings.grad_steps_per_drag
-        self.grad_steps = self.trackings = self.start_trackings = 0
-        self.no_change = 0
+        self.passes = 0            # gradient steps run (the progress bar); some may be frozen after a stop
         self.stop_reason = None
+        self._counters = None
         self._z_ref = None
         self._keep = None
+        self._adam_scale = None
 
     @property
     def done(self) -> bool:
         """True once every handle reached its target or the no-change limit hit; no further chunk runs."""
         return self.stop_reason is not None
+
+    @property
+    def grad_steps(self) -> int:
+        return int(self._counters["grad_steps"]) if self._counters else 0
+
+    @property
+    def trackings(self) -> int:
+        return int(self._counters["trackings"]) if self._counters else 0
+
+    @property
+    def start_trackings(self) -> int:
+        return int(self._counters["start_trackings"]) if self._counters else 0
+
+    @property
+    def no_change(self) -> int:
+        return int(self._counters["no_change"]) if self._counters else 0
 
     def final_handles_xy(self) -> torch.Tensor:
         """float [N, 2] (x, y) image px of the last tracked handles (the DRAG_POINTS the node returns)."""
@@ -227,7 +297,23 @@ class AlDDPolicy(StepPolicy):
 
     def trajectory_xy(self) -> torch.Tensor:
         """float [S, N, 2] (x, y) image px: the start, then the handles after every tracking, for previews."""
-        return to_image(torch.stack(self.trajectory).cpu(), self.image_size, self.sup_size)
+        kept = [self.trajectory[0]] + [h for h, active in zip(self.trajectory[1:], self._tracked) if bool(active)]
+        return to_image(torch.stack(kept).cpu(), self.image_size, self.sup_size)
+
+    def start(self, plan, z: torch.Tensor) -> None:
+        """Move the points, counters and the latent mask to z's device, before the loop (the mask's emptiness test
+        reads the CPU mask, never the device)."""
+        device = z.device
+        self._alpha = {t: alpha_bar_at(self.alphas_cumprod, t) for s in plan for t in (s.t, s.t_prev)}
+        self.origins, self.handles, self.targets = (p.to(device) for p in (self.origins, self.handles, self.targets))
+        self.trajectory = [self.handles]
+        self._tracked = []
+        zero = torch.zeros((), dtype=torch.long, device=device)
+        self._counters = dict(grad_steps=zero, trackings=zero, start_trackings=zero, no_change=zero)
+        self._stopped = torch.zeros((), dtype=torch.bool, device=device)
+        self._reached = torch.zeros((), dtype=torch.bool, device=device)
+        keep = motion_mod.latent_keep(self.mask, self.sup_size, tuple(z.shape[-2:]), self.motion)
+        self._keep = None if keep is None else keep.to(device=device, dtype=z.dtype)
 
     def revise_step(self, step: PlanStep) -> PlanStep:
         """Once dragging stopped early, later drag steps are plain steps with MasaCtrl (GD pipeline.py:L695-704)."""
@@ -243,92 +329,99 @@ class AlDDPolicy(StepPolicy):
             raise ArgumentError("z", f"must be [2, C, h, w] = [source, edit] on drag steps, got {tuple(z.shape)}")
         if self._z_ref is None:
             self._z_ref = z[:1].detach()
-            self._start(z)
-        a_t, a_prev = alpha_bar_at(self.alphas_cumprod, step.t), alpha_bar_at(self.alphas_cumprod, step.t_prev)
+        a_t, a_prev = self._alpha[step.t], self._alpha[step.t_prev]
         with torch.no_grad():
-            eps_ref, features = self.forward_fn(self._z_ref, step.t)
+            eps_ref, features = self.forward_fn(self._z_ref, step.t, True)
             ref = _feature_map(features)
             if tuple(ref.shape[-2:]) != self.sup_size or ref.dim() != 4:
-                raise ArgumentError("forward_fn", f"features must be [1, C, {self.sup_size[0]}, {self.sup_size[1]}] "
-                                 f"(sup_size), got {tuple(ref.shape)}")
+                raise ArgumentError("forward_fn", f"features must be [1, C, {self.sup_size[0]}, "
+                                                  f"{self.sup_size[1]}] (sup_size), got {tuple(ref.shape)}")
             orig_next, _ = ddim_step(self._z_ref, eps_ref, a_t, a_prev)
         z_edit = self._drag(step, z[1:], ref, orig_next, a_t, a_prev)
         self._z_ref = orig_next
+        if bool(self._stopped):   # the one read per chunk
+            self.stop_reason = "reached" if bool(self._reached) else "no_change"
         return torch.cat([z[:1], z_edit])
 
-    def _start(self, z: torch.Tensor):
-        device = z.device
-        self.origins, self.handles, self.targets = (p.to(device) for p in (self.origins, self.handles, self.targets))
-        self.trajectory = [self.handles]
-        mask = None if self.mask is None else self.mask.to(device)
-        keep = motion_mod.latent_keep(mask, self.sup_size, tuple(z.shape[-2:]), self.motion)
-        self._keep = None if keep is None else keep.to(device=device, dtype=z.dtype)
-
     def _drag(self, step, z_edit, ref, orig_next, a_t, a_prev) -> torch.Tensor:
-        """One drag chunk at step.t (gooddrag.md §3.2); returns the optimized z_edit [1, 4, h, w], detached."""
+        """One drag chunk at step.t (gooddrag.md §3.2): B drags of J Adam steps on a fresh Adam, tracking after
+        each drag ("after": on the features of the drag's last forward, before its step; "before": on the next
+        forward's fresh features, and one gradient-free forward at the end places the last one); returns the
+        optimized z_edit [1, 4, h, w], detached."""
         settings = self.settings
-        z = z_edit.detach().clone().requires_grad_(True)
-        optimizer = torch.optim.Adam([z], lr=settings.lr)
-        cur = drags = 0
-        pending = False
-        first = True
-        while True:
-            final = pending and drags == settings.drags_per_step
-            with torch.set_grad_enabled(not final):
-                eps, features = self.forward_fn(z, step.t)
-            fmap = _feature_map(features)
-            check = first
-            if first and settings.track_at_step_start:
+        steps = settings.drags_per_step * settings.grad_steps_per_drag
+        before = settings.track_timing == "before"
+        adam = MaskedAdam(z_edit, settings.lr, self.loss_scaling)
+        if self._adam_scale is not None:   # the loss scale carries across timesteps, as one GradScaler would
+            adam.scale = self._adam_scale
+        z = z_edit.detach()
+        for k in range(steps + 1 if before else steps):
+            last = k == steps
+            with torch.set_grad_enabled(not last):
+                leaf = z.detach().requires_grad_(not last)
+                eps, features = self.forward_fn(leaf, step.t, not last and self._keep is not None)
+                fmap = _feature_map(features)
+            if k == 0 and settings.track_at_step_start:
                 self._track(fmap, ref, counted=False)
-            first = False
-            if pending:
+            if k == 0:
+                self._check(no_change_only=False)
+            if before and k > 0 and k % settings.grad_steps_per_drag == 0:
                 self._track(fmap, ref, counted=True)
-                pending, check = False, True
-            if final or (check and self._stopped()):
+                self._check(no_change_only=last)
+            if last:
                 break
-            z_prev, _ = ddim_step(z, eps, a_t, a_prev)
-            loss = motion_mod.drag_loss(self.motion, fmap, self.handles, self.targets, ref, self.origins)
-            if self._keep is not None:
-                loss = loss + motion_mod.latent_term(self.motion, z_prev, orig_next, self._keep)
-            optimizer.zero_grad(set_to_none=True)
-            if self.grad_scaler is None:
-                loss.backward()
-                optimizer.step()
-            else:
-                self.grad_scaler.scale(loss).backward()
-                self.grad_scaler.step(optimizer)
-                self.grad_scaler.update()
-            self.grad_steps += 1
-            cur += 1
-            if cur == settings.grad_steps_per_drag:
-                cur = 0
-                drags += 1
-                if settings.track_timing == "before":
-                    pending = True
-                else:
-                    self._track(fmap, ref, counted=True)
+            z, loss = self._step(z, leaf, fmap, eps, ref, orig_next, a_t, a_prev, adam)
+            self.passes += 1
+            drag = (k + 1) // settings.grad_steps_per_drag
+            if not before and (k + 1) % settings.grad_steps_per_drag == 0:
+                self._track(fmap, ref, counted=True)
+                self._check(no_change_only=k + 1 == steps)
             if self.callback is not None:
-                self.callback(dict(i=step.i, t=step.t, grad_step=self.grad_steps, total=self.total, drag=drags,
-                                   handles=self.handles, loss=loss.detach()))
-            if settings.track_timing == "after" and cur == 0 and (
-                    drags == settings.drags_per_step or self._stopped()):
-                break
+                self.callback(dict(i=step.i, t=step.t, grad_step=self.passes, total=self.total, drag=drag,
+                                   handles=self.handles, loss=loss, active=~self._stopped))
+        self._adam_scale = adam.scale
         return z.detach()
 
+    def _step(self, z, leaf, fmap, eps, ref, orig_next, a_t, a_prev, adam):
+        """One motion-supervision step: the loss, its gradient with respect to the latent only, a gated Adam step;
+        returns (z, loss detached)."""
+        with torch.enable_grad():
+            loss = motion_mod.drag_loss(self.motion, fmap, self.handles, self.targets, ref_features=ref,
+                                        origins=self.origins)
+            if self._keep is not None:
+                z_prev, _ = ddim_step(leaf, eps, a_t, a_prev)
+                loss = loss + motion_mod.latent_term(self.motion, z_prev, orig_next, self._keep)
+            scaled = loss * adam.scale if adam.loss_scaling else loss
+            grad, = torch.autograd.grad(scaled, leaf)
+        active = ~self._stopped
+        self._counters["grad_steps"] = self._counters["grad_steps"] + active.long()
+        return adam.step(z, grad, active), loss.detach()
+
     def _track(self, fmap: torch.Tensor, ref: torch.Tensor, counted: bool):
-        new = tracker_mod.track(self.tracker, fmap, ref, self.handles, self.origins)
+        """Re-localize the handles; frozen once stopped. Counted trackings update the no-change counter."""
+        active = ~self._stopped
+        new = tracker_mod.track(self.tracker, fmap.detach(), ref, self.handles, self.origins)
+        new = torch.where(active, new, self.handles)
+        counters = self._counters
         if counted:
-            self.trackings += 1
-            self.no_change = self.no_change + 1 if torch.equal(new, self.handles) else 0
+            unmoved = (new == self.handles).all()
+            counters["no_change"] = torch.where(active, torch.where(unmoved, counters["no_change"] + 1, 0),
+                                                counters["no_change"])
+            counters["trackings"] = counters["trackings"] + active.long()
         else:
-            self.start_trackings += 1
+            counters["start_trackings"] = counters["start_trackings"] + active.long()
         self.handles = new
         self.trajectory.append(new)
+        self._tracked.append(active)
 
-    def _stopped(self) -> bool:
-        """GoodDrag's two stops (pipeline.py:L563-571): all handles within 2 sup px, or the no-change limit."""
-        if motion_mod.all_reached(self.handles, self.targets):
-            self.stop_reason = "reached"
-        elif self.settings.max_no_change and self.no_change >= self.settings.max_no_change:
-            self.stop_reason = "no_change"
-        return self.done
+    def _check(self, no_change_only: bool):
+        """GoodDrag's two stops (pipeline.py:L563-571) as device flags: all handles within reach (not tested at a
+        chunk's last tracking: officially the next chunk's first iteration does it), or the no-change limit."""
+        stop = torch.zeros((), dtype=torch.bool, device=self._stopped.device)
+        if not no_change_only:
+            reached = ~motion_mod.active_points(self.handles, self.targets).any()
+            self._reached = self._reached | (reached & ~self._stopped)
+            stop = stop | reached
+        if self.settings.max_no_change:
+            stop = stop | (self._counters["no_change"] >= self.settings.max_no_change)
+        self._stopped = self._stopped | stop

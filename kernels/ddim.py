@@ -51,6 +51,9 @@ class StepPolicy:
     Subclasses own their per-run state and are built fresh for each run (style.md §4.6.2).
     """
 
+    def start(self, plan, z: torch.Tensor) -> None:
+        """Once, before the first step: the whole plan and the starting z [B, C, h, w] (e.g. to draw noise ahead)."""
+
     def revise_step(self, step: PlanStep) -> PlanStep:
         """Change a step's flags at run time (AlDD: MasaCtrl on once dragging stops early); never i, t, t_prev."""
         return step
@@ -103,7 +106,7 @@ def denoise(eps_fn, z: torch.Tensor, plan, alphas_cumprod: torch.Tensor, policy:
             callback=None) -> torch.Tensor:
     """The one sampling loop (docs/CONTRACTS.md, style.md §4.6): follow `plan` from z [B, C, h, w] to z0.
 
-    Per step: revise_step; before_step; then `repeats` times: eps = eps_fn(z, step) without grad, guidance g on
+    First policy.start(plan, z); then per step: revise_step; before_step; then `repeats` times: eps = eps_fn(z, step) without grad, guidance g on
     guided steps, a DDIM step with eps + g in x0_hat and eps in the direction term, optional regional SDE,
     after_step; between repeats, time travel re-noises z_prev back to t with one deterministic DDIM-inversion
     step whose eps is evaluated at t_prev (phase "renoise", dragondiffusion.md §6). The official code also
@@ -115,6 +118,7 @@ def denoise(eps_fn, z: torch.Tensor, plan, alphas_cumprod: torch.Tensor, policy:
     for s in plan:
         if s.repeats > 1 and s.t_prev < 0:
             raise ArgumentError("plan", f"step i={s.i}: time travel needs a t_prev >= 0 to re-noise from")
+    policy.start(plan, z)
     for k, (planned, (a_t, a_prev)) in enumerate(zip(plan, alpha_bars)):
         step = policy.revise_step(planned)
         if (step.i, step.t, step.t_prev) != (planned.i, planned.t, planned.t_prev):

@@ -99,7 +99,7 @@ class EnergyGuidance:
     offset: Tuple[float, float] = (0.0, 0.0)
     scale: float = 1.0
     points: Optional[torch.Tensor] = None
-    index: Mapping[str, torch.Tensor] = dataclasses.field(init=False, repr=False)
+    index: Optional[Mapping[str, torch.Tensor]] = dataclasses.field(default=None, repr=False)
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -121,7 +121,8 @@ class EnergyGuidance:
             object.__setattr__(self, "layer_weights", tuple(_finite("layer_weights", float(v))
                                                             for v in self.layer_weights))
         # Flat indices once, at build time: boolean indexing in the loop would sync to the CPU (style.md §4.6.5).
-        object.__setattr__(self, "index", {k: torch.nonzero(m.flatten()).squeeze(1) for k, m in self.masks.items()})
+        if self.index is None:
+            object.__setattr__(self, "index", {k: torch.nonzero(m.flatten()).squeeze(1) for k, m in self.masks.items()})
 
     def to(self, device) -> "EnergyGuidance":
         """A copy with every tensor copied to `device` (masks, indices, gate), for use inside the loop.
@@ -136,7 +137,8 @@ class EnergyGuidance:
             return tuple((on(dst), on(src)) for dst, src in pairs)
         return dataclasses.replace(
             self, masks={k: on(v) for k, v in self.masks.items()}, gate=on(self.gate), sde_mask=on(self.sde_mask),
-            pairs=pairs_on(self.pairs), push=tuple(on(p) for p in self.push), noise_pairs=pairs_on(self.noise_pairs))
+            pairs=pairs_on(self.pairs), push=tuple(on(p) for p in self.push), noise_pairs=pairs_on(self.noise_pairs),
+            index={k: on(v) for k, v in self.index.items()})
 
 
 # ----------------------------------------------------------------------------------------------------------- build

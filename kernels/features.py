@@ -3,16 +3,16 @@
 DragonDiffusion reads the outputs of diffusers up_blocks[1] and [2] (ComfyUI output blocks 5 and 8), nearest-
 resized to H/4 with equal weights (dragondiffusion.md §2); GoodDrag / DragDiffusion read output block 8,
 bilinearly resized to H/2 (gooddrag.md §0). ComfyUI's output_block_patch runs *before* output block k, so the
-output of block k is seen at k + 1 (comfyhost.md); block 11's output never reaches the patch.
+output of block k is seen at k + 1 (comfyhost.md); the last block's output never reaches the patch.
 """
 import dataclasses
+import math
 
 import torch
 import torch.nn.functional as F
 from .errors import ArgumentError
 
 RESIZE_MODES = ("nearest", "bilinear")
-MAX_TAP_BLOCK = 10   # the patch before block 11 sees block 10's output; nothing runs after block 11
 
 
 class StopForward(Exception):
@@ -23,30 +23,36 @@ class StopForward(Exception):
 class FeatureTap:
     """Which decoder features an energy or tracker reads; no tensors (the DRAG_FEATURES payload, style.md §4.3).
 
-    blocks: ComfyUI output block ids, each 0..10; modes: per-tap resize mode; scale: the target size as a
-    fraction of the image size H x W; weights: per-tap weights for multi-scale energies.
+    blocks: output block ids of the model's decoder (the host checks them against the model's family); modes:
+    per-tap resize mode; scale: the target size as a fraction of the image size H x W; weights: per-tap weights
+    (None: the method's own, e.g. DragonDiffusion's 1/L for move and drag, a plain sum for appearance and paste);
+    family: the model family the block ids were chosen for, so features made for another family are refused.
     """
     blocks: tuple[int, ...]
     modes: tuple[str, ...]
     scale: float
-    weights: tuple[float, ...]
+    weights: tuple[float, ...] | None = None
+    family: str | None = None
 
     def __post_init__(self):
         if not self.blocks:
             raise ArgumentError("blocks", "is empty; tap at least one output block")
         if len(set(self.blocks)) != len(self.blocks):
             raise ArgumentError("blocks", f"has duplicates: {self.blocks}")
-        for block in self.blocks:
-            if not 0 <= block <= MAX_TAP_BLOCK:
-                raise ArgumentError("blocks", f"output block {block} cannot be tapped; the output_block_patch sees "
-                                 f"blocks 0..{MAX_TAP_BLOCK} only (block k's output arrives before block k+1)")
-        if len(self.modes) != len(self.blocks) or len(self.weights) != len(self.blocks):
-            raise ArgumentError("weights", f"modes and weights need one entry per block ({len(self.blocks)}), "
-                             f"got {len(self.modes)} and {len(self.weights)}")
+        if any(not isinstance(block, int) or block < 0 for block in self.blocks):
+            raise ArgumentError("blocks", f"must be output block numbers >= 0, got {self.blocks}")
+        if len(self.modes) != len(self.blocks):
+            raise ArgumentError("modes", f"need one entry per block ({len(self.blocks)}), got {len(self.modes)}")
         for mode in self.modes:
             if mode not in RESIZE_MODES:
                 raise ArgumentError("modes", f"{mode!r} is not one of {RESIZE_MODES}")
-        if not 0 < self.scale <= 1:
+        if self.weights is not None:
+            if len(self.weights) != len(self.blocks):
+                raise ArgumentError("weights", f"need one weight per block ({len(self.blocks)}), got "
+                                               f"{len(self.weights)}")
+            if not all(isinstance(w, (int, float)) and math.isfinite(w) and w >= 0 for w in self.weights):
+                raise ArgumentError("weights", f"must be finite numbers >= 0, got {self.weights}")
+        if not (isinstance(self.scale, (int, float)) and 0 < self.scale <= 1):
             raise ArgumentError("scale", f"must be in (0, 1], got {self.scale}")
 
     @property
@@ -58,8 +64,15 @@ class FeatureTap:
         return int(self.scale * image_hw[0]), int(self.scale * image_hw[1])
 
 
-DRAGON_TAP = FeatureTap(blocks=(5, 8), modes=("nearest", "nearest"), scale=0.25, weights=(0.5, 0.5))
-GOODDRAG_TAP = FeatureTap(blocks=(8,), modes=("bilinear",), scale=0.5, weights=(1.0,))
+def dragon_tap(blocks: tuple[int, int], family: str | None = None) -> FeatureTap:
+    """DragonDiffusion's features: two decoder layers (SD-1.5: output 5 and 8), nearest-resized to H/4, the method's
+    own layer weights (dragondiffusion.md §2)."""
+    return FeatureTap(blocks=tuple(blocks), modes=("nearest",) * len(blocks), scale=0.25, family=family)
+
+
+def gooddrag_tap(block: int, family: str | None = None) -> FeatureTap:
+    """GoodDrag / DragDiffusion's features: one decoder layer (SD-1.5: output 8), bilinear to H/2 (gooddrag.md §0)."""
+    return FeatureTap(blocks=(block,), modes=("bilinear",), scale=0.5, family=family)
 
 
 def resize_feature(feature: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:

@@ -22,18 +22,23 @@ def correction(z: torch.Tensor, energy_edit: torch.Tensor, energy_con: torch.Ten
     z: the leaf the energies were computed from; gate m: bool [h, w] on the latent grid. The edit gradient acts
     inside the edit mask, the content gradient outside: DiffEditor's regional gradient guidance, in both algs
     (Sampler.py:L225-231, dragondiffusion.md §4). s_E multiplies the energy before backward, as officially
-    (it doubles as the fp16 loss scale). An energy without graph (no active term) contributes 0.
+    (it doubles as the fp16 loss scale). An energy without graph (no active term) contributes 0. Both gradients
+    come from one batched backward through the estimator (is_grads_batched), instead of the official retain_graph
+    and a second backward: the same values with half the backward launches (dragondiffusion.md §8).
     """
-    g_edit = g_con = None
-    if energy_edit.requires_grad:
-        g_edit, = torch.autograd.grad(energy_scale * energy_edit, z, retain_graph=energy_con.requires_grad,
-                                      allow_unused=True)
-    if energy_con.requires_grad:
-        g_con, = torch.autograd.grad(energy_scale * energy_con, z, allow_unused=True)
-    g_edit = torch.zeros_like(z) if g_edit is None else g_edit
-    g_con = torch.zeros_like(z) if g_con is None else g_con
+    live = [(k, e) for k, e in enumerate((energy_edit, energy_con)) if e.requires_grad]
+    grads = [torch.zeros_like(z), torch.zeros_like(z)]
+    if len(live) == 2:
+        stacked = energy_scale * torch.stack([energy_edit, energy_con])
+        both, = torch.autograd.grad(stacked, z, grad_outputs=torch.eye(2, dtype=stacked.dtype, device=z.device),
+                                    is_grads_batched=True)
+        grads = list(both.unbind(0))
+    elif live:
+        (k, e), = live
+        grad, = torch.autograd.grad(energy_scale * e, z, allow_unused=True)
+        grads[k] = torch.zeros_like(z) if grad is None else grad
     m = gate.to(device=z.device, dtype=z.dtype)[None, None]
-    return (eta * (m * g_edit + (1.0 - m) * g_con)).detach()
+    return (eta * (m * grads[0] + (1.0 - m) * grads[1])).detach()
 
 
 def regional_sigma(alpha_bar_t: float, alpha_bar_prev: float, mask: torch.Tensor, eta_inside: float,
@@ -54,10 +59,12 @@ class DragonPolicy(StepPolicy):
 
     guidance: the EnergyGuidance payload; features_fn(z [1, 4, h, w], t) -> list of [1, C_l, 2h, 2w] (the
     estimator, no bank attention, CONTRACTS.md); reference(t) -> the base image's inverted latent z_t
-    [1, 4, h, w] (e.g. `MemoryBank.latent`), source(t) the replace image's (appearance, paste);
+    [1, 4, h, w] (e.g. `MemoryBank.latent`) on z's device, source(t) the replace image's (appearance, paste);
     alphas_cumprod: float64 [T] on the CPU; seed: the regional-SDE noise; sde_strength_outside: the SDE eta
     outside the mask (official default 0), used on the steps where the plan sets `sde_eta` inside it.
-    Built fresh per run: it caches the reference features of the current t (time-travel repeats reuse them, §8).
+    Built fresh per run: it caches the reference features of the current t (time-travel repeats reuse them, §8),
+    and draws all the regional-SDE noise before the first step, from a seeded CPU generator (the same numbers on
+    every device), moved to the device once.
     """
 
     def __init__(self, guidance: EnergyGuidance, features_fn: Callable[[torch.Tensor, int], Sequence[torch.Tensor]],
@@ -74,21 +81,31 @@ class DragonPolicy(StepPolicy):
         self.source = source if guidance.mode in ("appearance", "paste") else None
         self.alphas_cumprod = alphas_cumprod
         self.sde_strength_outside = float(sde_strength_outside)
-        self.generator = torch.Generator().manual_seed(int(seed))
+        self.seed = int(seed)
+        self._noise = []
         self._on_device = None
         self._cached = (None, None, None)
+
+    def start(self, plan, z: torch.Tensor) -> None:
+        """Draw the noise of every stochastic evaluation of the plan, in order, and move it to z's device once."""
+        self._alpha = {t: alpha_bar_at(self.alphas_cumprod, t) for s in plan for t in (s.t, s.t_prev)}
+        self._on_device = self.energy if self.energy.gate.device == z.device else self.energy.to(z.device)
+        draws = sum(s.repeats for s in plan if s.sde_eta > 0)
+        generator = torch.Generator().manual_seed(self.seed)
+        noise = [torch.randn(z.shape, generator=generator, dtype=torch.float32) for _ in range(draws)]
+        self._noise = list(torch.stack(noise).to(z.device, z.dtype).unbind()) if noise else []
 
     def _guidance_on(self, device) -> EnergyGuidance:
         if self._on_device is None or self._on_device.gate.device != torch.device(device):
             self._on_device = self.energy.to(device)
         return self._on_device
 
-    def _references(self, t: int, like: torch.Tensor):
+    def _references(self, t: int):
         """(ref, src) feature lists at t, without grad; src is None except for the two-image modes."""
         if self._cached[0] != t:
             with torch.no_grad():
-                ref = self.features_fn(self.reference(t).to(like), t)
-                src = None if self.source is None else self.features_fn(self.source(t).to(like), t)
+                ref = self.features_fn(self.reference(t), t)
+                src = None if self.source is None else self.features_fn(self.source(t), t)
             self._cached = (t, ref, src)
         return self._cached[1], self._cached[2]
 
@@ -97,7 +114,7 @@ class DragonPolicy(StepPolicy):
         if z.shape[0] != 1:
             raise ArgumentError("z", f"energy guidance runs on one latent [1, C, h, w], got {tuple(z.shape)}")
         g = self._guidance_on(z.device)
-        ref, src = self._references(step.t, z)
+        ref, src = self._references(step.t)
         with torch.enable_grad():
             zg = z.detach().requires_grad_(True)
             e_edit, e_con = energies(g, self.features_fn(zg, step.t), ref, src)
@@ -106,10 +123,9 @@ class DragonPolicy(StepPolicy):
     def sde_sigma(self, step: PlanStep, z: torch.Tensor) -> torch.Tensor:
         """Sigma map [1, 1, h, w]: step.sde_eta inside the edit region, sde_strength_outside outside (§6)."""
         g = self._guidance_on(z.device)
-        a_t = alpha_bar_at(self.alphas_cumprod, step.t)
-        a_prev = alpha_bar_at(self.alphas_cumprod, step.t_prev)
+        a_t, a_prev = self._alpha[step.t], self._alpha[step.t_prev]
         return regional_sigma(a_t, a_prev, g.sde_mask, step.sde_eta, self.sde_strength_outside).to(z.dtype)
 
     def noise(self, step: PlanStep, z: torch.Tensor) -> torch.Tensor:
-        """Standard normal noise like z from the policy's seeded CPU generator: the same on every device."""
-        return torch.randn(z.shape, generator=self.generator, dtype=torch.float32).to(z.device, z.dtype)
+        """The next of the noise tensors drawn in `start` (standard normal, like z)."""
+        return self._noise.pop(0)

@@ -148,9 +148,20 @@ def place(mask: torch.Tensor, offset: Sequence[float], scale: float = 1.0) -> Pl
     landed = inside & mask.flatten()[src]
     dst = torch.nonzero(landed.flatten()).squeeze(1)
     if dst.numel() == 0:
+        if scale < 1 and ((dx, dy) == (0.0, 0.0) or not place_lands(mask, scale)):
+            raise ArgumentError("scale", f"{scale:g} shrinks the object to nothing on the {h}x{w} grid")
         raise ArgumentError("offset",
                             f"{(dx, dy)} px with scale {scale} moves the object wholly out of the {h}x{w} grid")
     return Placement(landed, dst, src.flatten()[dst])
+
+
+def place_lands(mask: torch.Tensor, scale: float) -> bool:
+    """Whether the object, resized by `scale` in place, keeps at least one pixel."""
+    try:
+        place(mask, (0.0, 0.0), scale)
+    except ArgumentError:
+        return False
+    return True
 
 
 def place_about_image_centre(mask: torch.Tensor, size: Tuple[int, int], scale: float,

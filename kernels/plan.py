@@ -97,7 +97,7 @@ def _scaled(k: int, num_steps: int) -> int:
 
 
 def dragon_plan(alg: str = "D+", mode: str = "move", num_steps: int = 50, sde_strength: float = SDE_STRENGTH,
-                time_travel_repeats: int = TIME_TRAVEL_REPEATS,
+                time_travel_repeats: int = TIME_TRAVEL_REPEATS, guidance: bool = True,
                 num_train_timesteps: int = NUM_TRAIN_TIMESTEPS) -> list[PlanStep]:
     """DragonDiffusion ('D') or DiffEditor ('D+') plan over the full schedule (dragondiffusion.md §1.2, §4-6).
 
@@ -105,6 +105,8 @@ def dragon_plan(alg: str = "D+", mode: str = "move", num_steps: int = 50, sde_st
     regional SDE with eta = sde_strength at i = 11..19. Bank attention per mode: move/drag i >= 5,
     appearance/paste i <= 35. IP tokens at 10 <= i < 20 in both. For num_steps != 50 the indices are rescaled
     by num_steps / 50 and "every other step" counts from the rescaled 10 (the official code assumes 50 steps).
+    guidance False (energy scale 0): no guided step and no time travel, as the official sampler
+    (Sampler.py:L60-61, L74); the regional SDE of D+ still runs.
     """
     if alg not in ("D", "D+"):
         raise ArgumentError("alg", f"must be 'D' or 'D+', got {alg!r}")
@@ -125,6 +127,7 @@ def dragon_plan(alg: str = "D+", mode: str = "move", num_steps: int = 50, sde_st
             guided = i < dense_until or (i < guided_until and (i - dense_until) % 2 == 0)
         else:
             guided = i < guided_until
+        guided = guided and guidance
         travel = plus and guided and travel_from <= i <= travel_to
         steps.append(dataclasses.replace(
             s, guided=guided, repeats=time_travel_repeats if travel else 1,

@@ -60,6 +60,6 @@ def track(spec: TrackerSpec, features: torch.Tensor, ref_features: torch.Tensor,
                           dim=1)
         if not spec.clamp:
             cut = (spec.r2 - handles).clamp(min=0)
-            limit = torch.tensor([height - 1, width - 1], device=handles.device)
-            new = torch.minimum((new - cut).clamp(min=0), limit)
+            shifted = (new - cut).clamp(min=0)
+            new = torch.stack([shifted[:, 0].clamp(max=height - 1), shifted[:, 1].clamp(max=width - 1)], dim=1)
         return new

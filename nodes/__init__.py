@@ -2,10 +2,10 @@
 from comfy_api.latest import ComfyExtension, io
 
 from . import (aldd, cross_attention, demo_model, energy_guidance, features, guided_sampler, image_prompt, inversion,
-               lora, motion, points, tracker)
+               lora, motion, points, resolution, tracker)
 
-_MODULES = (demo_model, lora, inversion, features, cross_attention, points, motion, tracker, aldd, energy_guidance,
-            image_prompt, guided_sampler)
+_MODULES = (demo_model, resolution, lora, inversion, features, cross_attention, points, motion, tracker, aldd,
+            energy_guidance, image_prompt, guided_sampler)
 
 
 class DragEditExtension(ComfyExtension):

@@ -4,26 +4,16 @@ import dataclasses
 import torch
 from comfy_api.latest import io, ui
 
-from ..kernels import aldd, bank_attention, ddim, plan, preview
+from ..kernels import aldd, ddim, plan, preview
+from ..kernels.errors import ArgumentError
 from ..kernels.points import DragPoints
 from . import host, types
-from .errors import DragEditInputError
+from .errors import DragEditInputError, DragEditNode, from_argument
 
 NAME = "GoodDrag AlDD Drag Scheduler"
 PRESETS = {"gooddrag": aldd.GOODDRAG, "dragdiffusion": aldd.DRAGDIFFUSION}
 CUSTOM = "custom"
 DEFAULTS = aldd.GOODDRAG.settings
-
-
-def source_attention_eps_fn(runner, cond, layers):
-    """eps_fn(z, step) of the [source, edit] batch: on `step.bank_attention` steps every item's self-attention in
-    `layers` reads the source's keys and values (MasaCtrl, gooddrag.md §1), so the source branch is unchanged."""
-    layers = frozenset(layers)
-    masactrl = host.BankAttentionPatch(
-        lambda n, extra: bank_attention.source_context(n) if extra.get("block") in layers else None)
-    options = {False: runner.transformer_options(bank_attention=False),
-               True: runner.transformer_options(bank_attention=False, attn1=[masactrl])}
-    return lambda z, step: runner.eps_cfg(z, step.t, cond, None, 1.0, options[step.bank_attention])
 
 
 def _settings(preset, variant, strength, numbers):
@@ -33,10 +23,8 @@ def _settings(preset, variant, strength, numbers):
         return dataclasses.replace(PRESETS[preset].settings, strength=strength)
     try:
         return dataclasses.replace(PRESETS[variant].settings, strength=strength, **numbers)
-    except ValueError as err:
-        name, _, seen = str(err).partition(" must ")
-        raise DragEditInputError(NAME, name, f"must {seen}",
-                                 "Use a positive value (GoodDrag: lr 0.02, DragDiffusion: lr 0.01)") from None
+    except ArgumentError as err:
+        raise from_argument(NAME, err, fix="Use a positive value (GoodDrag: lr 0.02, DragDiffusion: lr 0.01)") from None
 
 
 def _check_points(points, bank):
@@ -49,7 +37,7 @@ def _check_points(points, bank):
                                  "image", "Connect the Drag Points of the image you inverted")
 
 
-class DragEditAlDDScheduler(io.ComfyNode):
+class DragEditAlDDScheduler(DragEditNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -98,6 +86,12 @@ class DragEditAlDDScheduler(io.ComfyNode):
                 io.Int.Input("max_no_change", display_name="early stop", default=DEFAULTS.max_no_change, min=0,
                              max=1000, tooltip="custom: stop dragging after this many trackings in a row (across "
                                                "timesteps) moved no handle; 0 = never. GoodDrag bench 5 (UI 10)."),
+                io.Combo.Input("masactrl_layers", options=[host.MASACTRL_BY_RESOLUTION, host.MASACTRL_WHOLE_DECODER],
+                               default=host.MASACTRL_BY_RESOLUTION,
+                               tooltip="Which decoder self-attentions read the source during the denoising "
+                                       "(MasaCtrl). By resolution: the decoder below image / 32, as the official "
+                                       "SD-1.5 code (output blocks 6-11; on SDXL output 3-5). Whole decoder: every "
+                                       "decoder self-attention (what third-party SDXL ports do)."),
                 types.Motion.Input("motion", optional=True,
                                    tooltip="Motion Supervision settings; replaces the preset's loss (gooddrag: "
                                            "r1 4, beta 4, lambda 0.1; dragdiffusion: r1 1, lambda 0.1)."),
@@ -125,15 +119,15 @@ class DragEditAlDDScheduler(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, memory_bank, positive, points, features, preset, drag_steps, drags_per_step,
-                grad_steps_per_drag, lr, max_no_change, motion=None, tracker=None, mask=None,
+                grad_steps_per_drag, lr, max_no_change, masactrl_layers, motion=None, tracker=None, mask=None,
                 image=None) -> io.NodeOutput:
-        topo = host.topology(model, NAME)
-        context = host.conditioning_tensor(positive, NAME, "positive")
+        fam = host.family(model, NAME)
+        host.check_features(features, fam, NAME)
+        positive = host.conditioning(positive, NAME, "positive")
         try:
             memory_bank.check_compatible(host.model_fingerprint(model), memory_bank.latent_shape)
-        except ValueError as err:
-            raise DragEditInputError(NAME, "memory_bank", str(err).split(": ", 1)[-1],
-                                     "Invert the image with this MODEL") from None
+        except ArgumentError as err:
+            raise DragEditInputError(NAME, "memory_bank", err.detail, "Invert the image with this MODEL") from None
         _check_points(points, memory_bank)
         width, height = points.image_size
         if image is not None and tuple(image.shape[1:3]) != (height, width):
@@ -148,7 +142,7 @@ class DragEditAlDDScheduler(io.ComfyNode):
             max_no_change=max_no_change))
         try:
             steps = settings.plan(num_steps)
-        except ValueError:
+        except ArgumentError:
             left = len(memory_bank.timesteps)
             more = "invert more steps (DDIM Inversion strength 0.75 of 50 steps leaves 38)"
             if preset == CUSTOM:
@@ -156,26 +150,30 @@ class DragEditAlDDScheduler(io.ComfyNode):
                                          f"{left} inverted steps", f"Use at most {left}, or {more}") from None
             raise DragEditInputError(NAME, "memory_bank", f"holds {left} inverted steps, fewer than the {preset} "
                                      f"preset's {settings.drag_steps} drag timesteps", more.capitalize()) from None
+        editable = None if mask is None else mask.reshape(-1, *mask.shape[-2:])[:1].clone()
+        image_hw = (8 * memory_bank.latent_shape[-2], 8 * memory_bank.latent_shape[-1])
+        policy = None
 
-        with host.grad_scope():
-            runner = host.UNetRunner(model, grad=True)
-            cond = context.clone()
-            z = memory_bank.latent(memory_bank.timesteps[0]).to(runner.device).clone()
-            editable = None if mask is None else mask.reshape(-1, *mask.shape[-2:])[:1].clone()
+        def loop(passes, _):
+            nonlocal policy
+            z = memory_bank.latent(memory_bank.timesteps[0]).to(passes.device)
             policy = aldd.AlDDPolicy(
-                runner.forward_fn(features, cond), steps, runner.alphas_cumprod, points.handles, points.targets,
-                points.image_size, settings=settings, motion=motion, tracker=tracker, mask=editable,
-                sup_size=features.target_size(runner.image_hw(z)), grad_scaler=runner.grad_scaler(),
+                lambda z_, t, need_eps: passes.features(z_, t, features, need_eps), steps, passes.alphas_cumprod,
+                points.handles, points.targets, points.image_size, settings=settings, motion=motion,
+                tracker=tracker, mask=editable, sup_size=features.target_size(image_hw),
+                loss_scaling=host.needs_loss_scaling(model),
                 callback=lambda info: progress(dict(done=info["grad_step"])))
             progress = host.Progress(model, policy.total + len(steps), cls.hidden.unique_id)
-            z0 = ddim.denoise(source_attention_eps_fn(runner, cond, topo.source_attention), torch.cat([z, z]),
-                              steps, runner.alphas_cumprod, policy,
-                              lambda info: progress(dict(info, done=policy.total + info["index"] + 1)))
-            latent = host.z_to_latent(model, z0[1:])
+            return ddim.denoise(passes.eps, torch.cat([z, z]), steps, passes.alphas_cumprod, policy,
+                                lambda info: progress(dict(info, done=policy.total + info["index"] + 1)))
+
+        both = host.sample(model, loop, torch.zeros(memory_bank.latent_shape), positive,
+                           sigmas=host.sigmas_of(memory_bank.alphas_cumprod, [*memory_bank.timesteps, -1]),
+                           attn1=[host.MasaCtrlPatch(fam.masactrl_layers(masactrl_layers))], grad=True)
         final = DragPoints.from_tensors(policy.final_handles_xy(), points.targets, points.image_size)
         canvas = torch.zeros(1, height, width, 3) if image is None else image
         shown = preview.draw_drag(canvas, points.handles, points.targets, trajectories=list(policy.trajectory_xy()))
-        return io.NodeOutput(latent, final, shown, ui=ui.PreviewImage(shown, cls=cls))
+        return io.NodeOutput({"samples": both[1:]}, final, shown, ui=ui.PreviewImage(shown, cls=cls))
 
 
 NODES = [DragEditAlDDScheduler]

@@ -5,11 +5,12 @@ import pathlib
 from comfy_api.latest import io
 
 from . import host
+from .errors import DragEditNode
 
 DEMO_MODEL_FILE = pathlib.Path(__file__).resolve().parents[1] / "demo_model" / "dragedit_demo.safetensors"
 
 
-class DragEditDemoModel(io.ComfyNode):
+class DragEditDemoModel(DragEditNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(

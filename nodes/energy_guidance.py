@@ -8,8 +8,9 @@ import torch
 from comfy_api.latest import io
 
 from ..kernels import energy, masks
+from ..kernels.errors import ArgumentError
 from . import types
-from .errors import DragEditInputError
+from .errors import DragEditInputError, DragEditNode, from_argument
 
 CATEGORY = "DragEdit"
 WEIGHT_TIPS = {
@@ -73,8 +74,8 @@ def _offset_inputs() -> list:
 
 
 def _scale_input():
-    return io.Float.Input("scale", default=1.0, min=0.0, max=10.0, step=0.05,
-                          tooltip="Resize factor about the object's centre, > 0 (official default 1, range 0-10). "
+    return io.Float.Input("scale", default=1.0, min=0.05, max=10.0, step=0.05,
+                          tooltip="Resize factor about the object's centre (official default 1, range 0-10). "
                                   "Link Drag Points' scale to take it from a second canvas arrow.")
 
 
@@ -114,23 +115,15 @@ def _mask_size(mask) -> tuple:
 
 
 def _build(mode: str, build, *args, seen: dict = None, **kwargs):
-    """Call a kernel builder; its ValueError (naming the argument) becomes the node's DragEditInputError.
-
-    seen replaces the kernel's wording where it speaks in feature-grid pixels the user never sees.
-    """
+    """Call a kernel builder; its ArgumentError becomes the node's DragEditInputError (INPUT_NAMES maps the
+    argument to the input, FIXES gives the fix). seen replaces the kernel's wording where it speaks in
+    feature-grid pixels the user never sees."""
     try:
         return build(*args, **kwargs)
-    except ValueError as err:
-        arg, _, detail = str(err).partition(": ")
-        raise DragEditInputError(_title(mode), INPUT_NAMES.get(arg, arg), (seen or {}).get(arg, detail),
-                                 FIXES.get(arg, WEIGHT_FIX)) from None
-
-
-def _scale_message(mode: str, scale):
-    """validate_inputs' answer for a literal scale widget (a linked one arrives as None and is checked in execute)."""
-    if scale is not None and not scale > 0:
-        return str(DragEditInputError(_title(mode), "scale", f"is {scale:g}", FIXES["scale"]))
-    return True
+    except ArgumentError as err:
+        if seen and err.argument in seen:
+            err = ArgumentError(err.argument, seen[err.argument])
+        raise from_argument(_title(mode), err, INPUT_NAMES, FIXES, WEIGHT_FIX) from None
 
 
 def _moved_out(mask, offset_x: int, offset_y: int, scale: float = 1.0) -> str:
@@ -139,7 +132,7 @@ def _moved_out(mask, offset_x: int, offset_y: int, scale: float = 1.0) -> str:
     return f"({offset_x}, {offset_y}) px{scaled} moves the object wholly out of the {width}x{height} image"
 
 
-class DragEditEnergyGuidanceMove(io.ComfyNode):
+class DragEditEnergyGuidanceMove(DragEditNode):
     @classmethod
     def define_schema(cls):
         return _schema(
@@ -162,7 +155,7 @@ class DragEditEnergyGuidanceMove(io.ComfyNode):
             seen={"offset": _moved_out(mask, offset_x, offset_y)}))
 
 
-class DragEditEnergyGuidanceResize(io.ComfyNode):
+class DragEditEnergyGuidanceResize(DragEditNode):
     @classmethod
     def define_schema(cls):
         return _schema(
@@ -177,10 +170,6 @@ class DragEditEnergyGuidanceResize(io.ComfyNode):
             [_guidance_output()])
 
     @classmethod
-    def validate_inputs(cls, scale=None):
-        return _scale_message("resize", scale)
-
-    @classmethod
     def execute(cls, mask, scale, offset_x, offset_y, w_edit, w_content, w_contrast, w_inpaint, energy_scale,
                 faithful_bugs, reference_mask=None) -> io.NodeOutput:
         weights = _build("resize", energy.EnergyWeights, w_edit, w_content, w_contrast, w_inpaint)
@@ -190,7 +179,7 @@ class DragEditEnergyGuidanceResize(io.ComfyNode):
             faithful_bugs=faithful_bugs, seen={"offset": _moved_out(mask, offset_x, offset_y, scale)}))
 
 
-class DragEditEnergyGuidanceAppearance(io.ComfyNode):
+class DragEditEnergyGuidanceAppearance(DragEditNode):
     @classmethod
     def define_schema(cls):
         return _schema(
@@ -220,7 +209,7 @@ class DragEditEnergyGuidanceAppearance(io.ComfyNode):
             _latent_size("appearance", "mask_base", (width, height)), weights=weights, energy_scale=energy_scale))
 
 
-class DragEditEnergyGuidancePaste(io.ComfyNode):
+class DragEditEnergyGuidancePaste(DragEditNode):
     @classmethod
     def define_schema(cls):
         return _schema(
@@ -241,10 +230,6 @@ class DragEditEnergyGuidancePaste(io.ComfyNode):
                                     "Cross-Attention's mask_replace.")])
 
     @classmethod
-    def validate_inputs(cls, scale=None):
-        return _scale_message("paste", scale)
-
-    @classmethod
     def execute(cls, mask, offset_x, offset_y, scale, w_edit, w_content, energy_scale,
                 faithful_bugs) -> io.NodeOutput:
         weights = _build("paste", energy.EnergyWeights, w_edit, w_content)
@@ -258,7 +243,7 @@ class DragEditEnergyGuidancePaste(io.ComfyNode):
         return io.NodeOutput(guidance, base, replace)
 
 
-class DragEditEnergyGuidanceDrag(io.ComfyNode):
+class DragEditEnergyGuidanceDrag(DragEditNode):
     @classmethod
     def define_schema(cls):
         return _schema(

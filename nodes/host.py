@@ -1,64 +1,162 @@
-"""The only module that touches ComfyUI internals: topology table, patches, the UNet as callables, progress.
+"""The only module that touches ComfyUI internals: model families, the pack's UNet passes, patches, progress.
 
-Kernels see the UNet as `eps_fn(z, step)`, `features_fn(z, t)` and `forward_fn(z, t)` on the VP latent z
-(docs/CONTRACTS.md). This module builds those from a ModelPatcher clone, once per run, and hands progress,
-interruption and previews back to ComfyUI. Everything the pack changes in a model is a patch on a clone,
-a patch object of this module (style.md §4.4); the host's MODEL object is never modified.
+Every UNet pass the pack runs goes through ComfyUI's own sampling path: a CFGGuider holds the MODEL and the
+CONDITIONING and the pack's loop runs as that guider's sampler (`sample`), so the conditioning is processed as a
+KSampler processes it (SDXL's pooled and size embedding, hooks, ControlNets) and every patch stacked on the MODEL
+applies: weight patches (LoRA), block and attention patches (FreeU), sampler-level ones (sampler_cfg_function such
+as RescaleCFG, post-CFG functions such as PAG, model_function_wrapper) and the wrapper system (TorchCompileModel).
+Kernels see the UNet as callables on the VP latent z at integer t (docs/CONTRACTS.md); `Passes` builds them, and the
+one per-run state object `Run` tells the pack's patches which pass is running. The MODEL is never modified: the pack's
+patches go on clones or into the run's own model_options (style.md §4.4).
 """
 import contextlib
 import dataclasses
 import hashlib
+import math
 
 import torch
 
 import comfy.model_management
 import comfy.model_patcher
+import comfy.model_sampling
 import comfy.samplers
 import comfy.utils
 import latent_preview
 
-from ..kernels import schedule
-from ..kernels.features import FeatureRecorder, StopForward
+from ..kernels import bank_attention, schedule
+from ..kernels.features import FeatureRecorder, FeatureTap, StopForward
 from .errors import DragEditInputError
 
-LATENT_DOWNSCALE = 8  # the SD-family VAEs of every supported topology
+LATENT_DOWNSCALE = 8   # every supported family's VAE
+RUN_KEY = "dragedit"   # transformer_options key of the run state; also the key of the pack's wrappers
+PREVIEWS_PER_RUN = 12  # x̂0 previews a loop sends at most: a JPEG costs a device sync and a decode
 
+
+# ------------------------------------------------------------------------------------------------- model families
 
 @dataclasses.dataclass(frozen=True)
-class Topology:
-    """Where a model family keeps what the methods read: decoder self-attentions and tappable output blocks."""
+class Family:
+    """Everything the methods read from a model family, by ComfyUI output-block index.
 
-    family: str
-    decoder_self_attention: tuple  # ("output", k) block ids with a transformer (attn1 = self-attention)
-    source_attention: tuple        # the subset where MasaCtrl attends to the source (GoodDrag, gooddrag.md §1)
-    output_blocks: int             # output block count; taps are on blocks 0..output_blocks-2 (see features.py)
+    decoder_transformers: (output block, number of transformer blocks, downscale vs the latent) of every decoder
+    block with self-attention; a layer key is ("output", block, index), index the transformer's place in its block
+    (SDXL's blocks hold 10 or 2).
+    bank_blocks: the output blocks a memory bank keeps by default (all decoder self-attentions where that fits a
+    12 GB card with the model; see bench/bank_size.py). masactrl_blocks: setting -> output blocks whose
+    self-attention reads the source in GoodDrag's MasaCtrl denoising. dragon_taps / gooddrag_tap: the feature layers
+    of each method (DragonDiffusion's "second and third decoder layers", GoodDrag's third; dragondiffusion.md §2).
+    """
+    name: str
+    output_blocks: int
+    decoder_transformers: tuple[tuple[int, int, int], ...]
+    bank_blocks: tuple[int, ...]
+    masactrl_blocks: tuple[tuple[str, tuple[int, ...]], ...]
+    dragon_taps: tuple[int, int]
+    gooddrag_tap: int
+
+    @property
+    def decoder_blocks(self) -> tuple[int, ...]:
+        return tuple(block for block, _, _ in self.decoder_transformers)
+
+    def layers(self, blocks=None) -> tuple:
+        """Layer keys ("output", block, index) of the decoder self-attentions in `blocks` (default: all)."""
+        blocks = self.decoder_blocks if blocks is None else blocks
+        return tuple(("output", block, index) for block, count, _ in self.decoder_transformers if block in blocks
+                     for index in range(count))
+
+    def downscale(self, layer) -> int:
+        """How much smaller than the latent a layer's token grid is (1, 2 or 4)."""
+        return next(down for block, _, down in self.decoder_transformers if block == layer[1])
+
+    @property
+    def masactrl_settings(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.masactrl_blocks)
+
+    def masactrl_layers(self, setting: str) -> tuple:
+        return self.layers(dict(self.masactrl_blocks)[setting])
+
+    @property
+    def last_tap(self) -> int:
+        """The last output block whose output an output_block_patch sees (it runs before the next block)."""
+        return self.output_blocks - 2
 
 
-_SD1_LIKE = dict(decoder_self_attention=tuple(("output", k) for k in range(3, 12)),
-                 source_attention=tuple(("output", k) for k in range(6, 12)), output_blocks=12)
-# model_config class name (comfy/supported_models.py) -> topology; SD 2.x shares SD 1.x's block layout.
-TOPOLOGIES = {
-    "SD15": Topology("SD 1.x", **_SD1_LIKE),
-    "SD20": Topology("SD 2.x", **_SD1_LIKE),
-    "SD21UnclipL": Topology("SD 2.x", **_SD1_LIKE),
-    "SD21UnclipH": Topology("SD 2.x", **_SD1_LIKE),
+MASACTRL_BY_RESOLUTION = "by resolution (family default)"
+MASACTRL_WHOLE_DECODER = "whole decoder"
+_SD1_LAYOUT = dict(
+    output_blocks=12, decoder_transformers=tuple((k, 1, 4 if k < 6 else 2 if k < 9 else 1) for k in range(3, 12)), bank_blocks=tuple(range(3, 12)),
+    masactrl_blocks=((MASACTRL_BY_RESOLUTION, tuple(range(6, 12))), (MASACTRL_WHOLE_DECODER, tuple(range(3, 12)))),
+    dragon_taps=(5, 8), gooddrag_tap=8)
+SD1 = Family("SD 1.x", **_SD1_LAYOUT)
+SD2 = Family("SD 2.x", **_SD1_LAYOUT)
+# SDXL's decoder: output 0-2 at latent/4 (10 transformers each), 3-5 at latent/2 (2 each), 6-8 without attention.
+# The bank keeps output 3-5 by default: 31.5 MB per step at 1024², against 110 MB for all 36 layers (5.5 GB for 50
+# steps would not fit a 12 GB card beside the 5 GB UNet); bench/bank_size.py measures the reconstruction cost.
+# MasaCtrl by resolution is output 3-5: SD-1.5's choice (output 6-11) is the decoder below latent/4, which keeps the
+# coarse layout free to follow the drag while texture and identity come from the source; in SDXL that is output 3-5.
+# Third-party SDXL MasaCtrl ports use the whole decoder, the other setting.
+SDXL = Family("SDXL", output_blocks=9, decoder_transformers=((0, 10, 4), (1, 10, 4), (2, 10, 4), (3, 2, 2), (4, 2, 2), (5, 2, 2)),
+              bank_blocks=(3, 4, 5),
+              masactrl_blocks=((MASACTRL_BY_RESOLUTION, (3, 4, 5)), (MASACTRL_WHOLE_DECODER, (0, 1, 2, 3, 4, 5))),
+              dragon_taps=(2, 5), gooddrag_tap=5)
+# ComfyUI model config class name (comfy/supported_models.py) -> family. Adding a family is one entry here.
+FAMILIES = {"SD15": SD1, "SD20": SD2, "SD21UnclipL": SD2, "SD21UnclipH": SD2, "SDXL": SDXL}
+SUPPORTED = "SD 1.x, SD 2.x (eps or v) and SDXL checkpoints and their fine-tunes"
+_UNSUPPORTED_WHY = {
+    "SD15_instructpix2pix": "an instruct-pix2pix model (its UNet also reads the input image)",
+    "SDXL_instructpix2pix": "an instruct-pix2pix model (its UNet also reads the input image)",
+    "SDXLRefiner": "the SDXL refiner (a decoder without the base model's layout)",
 }
-SUPPORTED_FAMILIES = "SD 1.x (SD 1.4/1.5 and fine-tunes) and SD 2.x checkpoints"
 
 
-def topology(model, node: str, input_name: str = "model") -> Topology:
-    """The model's topology, checked against its live modules; a clear error for any other family."""
-    config_name = type(model.model.model_config).__name__
-    topo = TOPOLOGIES.get(config_name)
-    unet = getattr(model.model, "diffusion_model", None)
-    blocks = getattr(unet, "output_blocks", None)
-    if topo is not None and blocks is not None and len(blocks) == topo.output_blocks:
-        missing = [k for _, k in topo.decoder_self_attention
-                   if not any(hasattr(layer, "transformer_blocks") for layer in blocks[k])]
-        if not missing:
-            return topo
-    raise DragEditInputError(node, input_name, f"is a {config_name} model without SD-1.x decoder blocks",
-                             f"Load one of the supported models: {SUPPORTED_FAMILIES}")
+def family(model, node: str, input_name: str = "model") -> Family:
+    """The model's family, checked against its live modules, its input channels and its sampling; a clear error
+    naming what the model is and what is supported for anything else (inpainting, instruct-pix2pix, EDM or flow
+    sampling, SD3, Flux, ...)."""
+    base = getattr(model, "model", None)
+    config_name = type(getattr(base, "model_config", None)).__name__
+    fam = FAMILIES.get(config_name)
+    if fam is None:
+        why = _UNSUPPORTED_WHY.get(config_name, f"a {config_name} model")
+        raise DragEditInputError(node, input_name, f"is {why}", f"Load one of the supported models: {SUPPORTED}")
+    unet = getattr(base, "diffusion_model", None)
+    channels = getattr(unet, "in_channels", None)
+    if channels != 4:
+        raise DragEditInputError(node, input_name, f"is a {fam.name} model with {channels} input channels (an "
+                                 "inpainting or instruct-pix2pix model)", "Load the base (4-channel) model")
+    blocks = getattr(unet, "output_blocks", ())
+    if len(blocks) != fam.output_blocks or any(_transformer_count(blocks[k]) != n for k, n, _ in fam.decoder_transformers):
+        raise DragEditInputError(node, input_name, f"is a {config_name} model without the {fam.name} decoder layout",
+                                 f"Load one of the supported models: {SUPPORTED}")
+    sampling = model.get_model_object("model_sampling")
+    if not isinstance(sampling, comfy.model_sampling.ModelSamplingDiscrete) or \
+            not isinstance(sampling, comfy.model_sampling.EPS) or \
+            isinstance(sampling, comfy.model_sampling.EDM):
+        raise DragEditInputError(node, input_name, f"samples with {type(sampling).__name__} (no discrete VP timestep "
+                                 "table: EDM or flow matching)", "Use a model with discrete eps or v sampling, or "
+                                 "remove the ModelSampling patch")
+    return fam
+
+
+def _transformer_count(block) -> int:
+    return sum(len(layer.transformer_blocks) for layer in block if hasattr(layer, "transformer_blocks"))
+
+
+def layer_channels(model, layers) -> dict:
+    """Channels of each decoder self-attention input ("output", block, index): its transformer's width."""
+    blocks = model.model.diffusion_model.output_blocks
+    channels = {}
+    for _, block, index in layers:
+        transformer = next(layer for layer in blocks[block] if hasattr(layer, "transformer_blocks"))
+        channels[("output", block, index)] = transformer.transformer_blocks[index].norm1.normalized_shape[0]
+    return channels
+
+
+def check_features(tap: FeatureTap, fam: Family, node: str, input_name: str = "features"):
+    """Features resolved for another family (its block numbers mean other layers) are refused."""
+    if tap.family != fam.name:
+        raise DragEditInputError(node, input_name, f"were made for a {tap.family} model, this is a {fam.name} model",
+                                 "Connect a Drag Feature Extractor fed by this model")
 
 
 def model_fingerprint(model) -> str:
@@ -68,70 +166,127 @@ def model_fingerprint(model) -> str:
     the same checkpoint, different for other checkpoints.
     """
     unet = model.model.diffusion_model
-    first = unet.input_blocks[0][0].weight
-    last = unet.out[-1].weight
     digest = hashlib.sha1(type(model.model.model_config).__name__.encode())
-    for w in (first, last):
+    for w in (unet.input_blocks[0][0].weight, unet.out[-1].weight):
         digest.update(w.detach().flatten()[:4096].to("cpu", torch.float32).numpy().tobytes())
     return digest.hexdigest()[:16]
 
 
-class _Patch:
-    """Base for the pack's patches: ModelPatcher.clone() deep-copies model_options, so a patch is shared, not copied
-    (comfyhost gotcha 7), and the estimator can tell the pack's own patches apart from other packs'."""
+# ------------------------------------------------------------------------------------------------------- patches
 
-    bank_attention = False
+class Run:
+    """The per-run state the pack's patches read, at transformer_options["dragedit"]: one object per run.
+
+    phase: the pass running now, "denoise", "invert", "renoise" or "estimate" (the features of the DragonDiffusion
+    estimator and GoodDrag's drag step: no bank attention, no MasaCtrl, no image prompt). step: the PlanStep being
+    evaluated, so patches know t as a Python int and never read sigma back from the device. features: the
+    FeatureRecorder of an estimate pass. ComfyUI deep-copies model_options; the run is shared, not copied.
+    """
+
+    def __init__(self):
+        self.phase = None
+        self.step = None
+        self.features = None
 
     def __deepcopy__(self, memo):
         return self
 
 
-class BankAttentionPatch(_Patch):
-    """attn1_patch that feeds memory-bank self-attention inputs into the decoder self-attention (visual cross-attention).
+class _Patch:
+    """Base for the pack's patches: clone() deep-copies model_options, so a patch is shared, not copied
+    (comfyhost gotcha 7)."""
 
-    `fn(n, extra_options) -> (context, value)` or None (inactive): built by the node from kernels.bank_attention.
+    def __deepcopy__(self, memo):
+        return self
+
+
+def layer_key(extra_options) -> tuple:
+    """("output", block, index) of the transformer an attention patch is called in."""
+    block = extra_options.get("block")
+    return (block[0], block[1], extra_options.get("block_index", 0)) if block is not None else None
+
+
+class BankAttentionPatch(_Patch):
+    """attn1_patch of Visual Cross-Attention: the decoder self-attention reads keys/values from a memory bank.
+
+    context(layer, t, n) -> (context, value) gives the mode's tokens. In the pack's samplers the run says the step:
+    the plan's `bank_attention` flag decides (DragonDiffusion: move/drag from step 5, appearance/paste to step 35 of
+    50), or `steps`, a set of bank timesteps, overrides it; it acts on "denoise" passes only, never in the estimator
+    or time travel's re-noise. In a stock sampler (no run) it acts on `steps` (default: every bank step), finding t
+    from sigma once per UNet call.
     """
 
-    bank_attention = True
-
-    def __init__(self, fn):
-        self.fn = fn
+    def __init__(self, layers, context, nearest_t, steps=None):
+        self.layers, self.context, self.nearest_t, self.steps = frozenset(layers), context, nearest_t, steps
+        self._last_sigmas = self._last_t = None
 
     def __call__(self, n, context_attn1, value_attn1, extra_options):
-        kv = self.fn(n, extra_options)
-        if kv is None:
+        layer = layer_key(extra_options)
+        if layer not in self.layers:
             return n, context_attn1, value_attn1
-        return n, kv[0], kv[1]
+        run = extra_options.get(RUN_KEY)
+        if run is not None:
+            if run.phase != "denoise":
+                return n, context_attn1, value_attn1
+            t = run.step.t
+            active = run.step.bank_attention if self.steps is None else t in self.steps
+        else:
+            t = self._t_of(extra_options["sigmas"])
+            active = self.steps is None or t in self.steps
+        if not active:
+            return n, context_attn1, value_attn1
+        ctx, val = self.context(layer, t, n)
+        return n, ctx, val
+
+    def _t_of(self, sigmas):
+        """The bank timestep of a stock sampler's sigma: one device read per UNet call, shared by every layer."""
+        if sigmas is not self._last_sigmas:
+            self._last_sigmas, self._last_t = sigmas, self.nearest_t(float(sigmas[0]))
+        return self._last_t
 
 
 class RecordPatch(_Patch):
-    """attn1_patch that hands each decoder self-attention input to a recorder: `record(block, n)`."""
+    """attn1_patch of the inversion: hands each kept self-attention input to `record(t, layer, n)`."""
 
     def __init__(self, layers, record):
         self.layers, self.record = frozenset(layers), record
 
     def __call__(self, n, context_attn1, value_attn1, extra_options):
-        block = extra_options.get("block")
-        if block in self.layers:
-            self.record(block, n)
+        run = extra_options.get(RUN_KEY)
+        layer = layer_key(extra_options)
+        if run is not None and run.phase == "invert" and layer in self.layers:
+            self.record(run.step.t, layer, n)
         return n, context_attn1, value_attn1
 
 
-class TapPatch(_Patch):
-    """output_block_patch: ComfyUI calls it before output block k (so `h` is block k-1's output): observe(k, h)."""
+class MasaCtrlPatch(_Patch):
+    """attn1_patch of GoodDrag's denoising: on the plan's MasaCtrl steps, every item of the [source, edit] batch
+    attends to the source's keys and values in `layers` (gooddrag.md §1), so the source branch is unchanged."""
 
-    def __init__(self, observe):
-        self.observe = observe
+    def __init__(self, layers):
+        self.layers = frozenset(layers)
+
+    def __call__(self, n, context_attn1, value_attn1, extra_options):
+        run = extra_options.get(RUN_KEY)
+        if run is None or run.phase != "denoise" or not run.step.bank_attention or \
+                layer_key(extra_options) not in self.layers:
+            return n, context_attn1, value_attn1
+        ctx, val = bank_attention.source_context(n)
+        return n, ctx, val
+
+
+class TapPatch(_Patch):
+    """output_block_patch: ComfyUI calls it before output block k, so `h` is block k-1's output; an estimate pass's
+    recorder keeps the tapped ones (and stops the forward after the last, kernels.features.StopForward)."""
 
     def __call__(self, h, hsp, transformer_options):
-        self.observe(transformer_options["block"][1], h)
+        run = transformer_options.get(RUN_KEY)
+        if run is not None and run.features is not None:
+            run.features.observe(transformer_options["block"][1], h)
         return h, hsp
 
 
-def offload_device():
-    """Where ComfyUI parks models off the GPU (the CPU, normally): the memory bank's default home."""
-    return comfy.model_management.unet_offload_device()
-
+# ------------------------------------------------------------------------------------------------- the pack's passes
 
 def grad_scope():
     """Autograd inside a ComfyUI node: the executor runs nodes under inference_mode (comfyhost gotcha 5)."""
@@ -141,168 +296,234 @@ def grad_scope():
     return stack
 
 
-def _autograd_safe_clone(model):
-    """Clone whose weights are copied per forward (identity wrappers), so autograd can save them.
+def make_autograd_safe(patcher) -> int:
+    """Replace the loaded UNet's inference-tensor parameters by normal copies, once per run; returns the count.
 
-    Weights loaded under inference_mode are inference tensors that autograd refuses to save for backward;
-    comfy.ops copies a wrapped weight per forward, and the copy made outside inference mode is a normal tensor
-    (the mechanism ComfyUI's own TrainLoraNode relies on). Nothing of the shared model is mutated.
+    Weights loaded under the executor's inference_mode are inference tensors, which autograd refuses to save for
+    backward. A copy made outside inference mode is a normal tensor with the same values, so the model stays what it
+    was for every other node; later runs find nothing to copy, and no pass copies a weight (ComfyUI's identity
+    weight wrappers, the other way, copy every weight on every pass). Parameters parked off the load device (low
+    VRAM) are cast per forward by comfy.ops, already as normal tensors, and are left alone. Every parameter is made
+    requires_grad=False: the methods differentiate with respect to the latent only.
     """
-    clone = model.clone()
-    for name, module in clone.model.named_modules():
-        for kind in ("weight", "bias"):
-            if hasattr(module, f"{kind}_function") and getattr(module, kind, None) is not None:
-                clone.add_weight_wrapper(f"{name}.{kind}", _identity)
-    return clone
+    device = patcher.load_device
+    copied = 0
+    with torch.inference_mode(False):
+        for module in patcher.model.diffusion_model.modules():
+            for name, param in module._parameters.items():
+                if param is None:
+                    continue
+                if param.is_inference() and (param.device == device or device.type == "cpu"):
+                    module._parameters[name] = torch.nn.Parameter(param.detach().clone(), requires_grad=False)
+                    copied += 1
+                elif param.requires_grad:
+                    param.requires_grad_(False)
+    return copied
 
 
-def _identity(w):
-    return w
+class Passes:
+    """The UNet passes of one run, each as ComfyUI's own samplers run them, on the VP latent z at integer t.
 
-
-def conditioning_tensor(conditioning, node: str, input_name: str):
-    """The cross-attention context [1, 77, C] of a CONDITIONING (its first entry)."""
-    if not conditioning or not isinstance(conditioning[0][0], torch.Tensor):
-        raise DragEditInputError(node, input_name, "is empty", "Connect a CLIP Text Encode output")
-    return conditioning[0][0][:1]
-
-
-class UNetRunner:
-    """The host's UNet for one run, loaded once, called by the kernels on VP z at integer t.
-
-    Calls go through BaseModel.apply_model with explicit transformer_options (direct calls skip the patcher's
-    options, comfyhost gotcha 6), so every patch on the MODEL applies, and ε/v-prediction and dtype casting are the
-    model's own business: eps = (x - denoised) / sigma with x = z·sqrt(1 + sigma²).
+    Built by `sample` inside the guider, after the model is loaded: `guider` holds the processed conditioning,
+    `options` the run's model_options (the MODEL's patches, the pack's patches and the run state). eps(z, step)
+    sets the run's phase and step, then runs the CFG prediction (sampling_function through the guider, with every
+    sampler-level patch) or the cond-only one (calc_cond_batch), and converts denoised x0 to eps:
+    x = z sqrt(1 + sigma^2), eps = (x - x0) / sigma (ε- and v-models alike). Sigmas come from the model's own
+    table on the device, indexed by the Python int t, so nothing is read back to the CPU.
     """
 
-    def __init__(self, model, grad: bool = False):
-        self.patcher = _autograd_safe_clone(model) if grad else model
-        comfy.model_management.load_models_gpu([self.patcher])
-        self.base = self.patcher.model
-        self.device = self.patcher.load_device
-        sigmas = self.patcher.get_model_object("model_sampling").sigmas
-        with torch.inference_mode(False):
-            self.sigmas = sigmas.detach().to(self.device, torch.float32).clone()
-        self.alphas_cumprod = schedule.alphas_cumprod_from_sigmas(sigmas.detach().cpu())
+    def __init__(self, guider, options, run: Run, seed: int):
+        self.guider, self.options, self.run, self.seed = guider, options, run, seed
+        self.base = guider.inner_model
+        self.device = guider.model_patcher.load_device
+        sigmas = self.base.model_sampling.sigmas.detach()
+        self.sigmas = sigmas.to(self.device, torch.float32).clone()
+        self.alphas_cumprod = schedule.alphas_cumprod_from_sigmas(sigmas.cpu())
 
-    def transformer_options(self, bank_attention: bool = True, attn1=(), output_block=()):
-        """A fresh copy of the MODEL's transformer_options plus extra patches; bank attention dropped on request
-        (the DragonDiffusion estimator must see no bank, dragondiffusion.md §10)."""
-        options = comfy.model_patcher.create_model_options_clone(self.patcher.model_options)
-        to = options.get("transformer_options", {})
-        patches = dict(to.get("patches", {}))
-        own_attn1 = [p for p in patches.get("attn1_patch", []) if bank_attention or not getattr(p, "bank_attention", False)]
-        patches["attn1_patch"] = own_attn1 + list(attn1)
-        patches["output_block_patch"] = list(patches.get("output_block_patch", [])) + list(output_block)
-        to["patches"] = patches
-        return to
+    def _x_sigma(self, z, t: int):
+        sigma = self.sigmas[t:t + 1].expand(z.shape[0])
+        return z * (1.0 + sigma * sigma).sqrt()[:, None, None, None], sigma
 
-    def grad_scaler(self):
-        """A GradScaler when backward runs through an fp16 UNet on CUDA (both official codes use one), else None."""
-        dtype = self.base.manual_cast_dtype or self.base.get_dtype()
-        if self.device.type == "cuda" and dtype == torch.float16:
-            return torch.amp.GradScaler("cuda")
-        return None
+    def _denoised(self, x, sigma, cfg: bool):
+        if cfg:
+            return self.guider(x, sigma, model_options=self.options, seed=self.seed)
+        return comfy.samplers.calc_cond_batch(self.base, [self.guider.conds["positive"]], x, sigma, self.options)[0]
 
-    def sigma_of(self, t: int, batch: int) -> torch.Tensor:
-        return self.sigmas[t].expand(batch)
+    def eps(self, z, step, cfg: bool = False) -> torch.Tensor:
+        """eps [B, 4, h, w] at step.t for the pass `step.phase`; cfg: the guider's CFG (negative and scale)."""
+        self.run.phase, self.run.step = step.phase, step
+        x, sigma = self._x_sigma(z, step.t)
+        return (x - self._denoised(x, sigma, cfg)) / sigma[:, None, None, None]
 
-    def denoise_call(self, z, t: int, context, transformer_options, cond_or_uncond):
-        """eps [B,4,h,w] for VP z [B,4,h,w] at integer t, one UNet pass (batch order given by cond_or_uncond)."""
-        sigma = self.sigma_of(t, z.shape[0])
-        x = schedule.x_from_z(z, sigma[:, None, None, None])
-        to = dict(transformer_options, sigmas=sigma, cond_or_uncond=list(cond_or_uncond))
-        denoised = self.base.apply_model(x, sigma, c_crossattn=context.to(self.device), transformer_options=to)
-        return schedule.eps_from_denoised(x, denoised, sigma[:, None, None, None])
+    def features(self, z, t: int, tap: FeatureTap, need_eps: bool = False):
+        """(eps or None, [features]) of one cond-only estimate pass at t: the tapped decoder outputs resized as the
+        tap says. Without need_eps the forward stops after the last tap (the official estimator's saving, §2)."""
+        recorder = FeatureRecorder(tap, self.image_hw(z), truncate=not need_eps)
+        self.run.phase, self.run.step, self.run.features = "estimate", None, recorder
+        x, sigma = self._x_sigma(z, t)
+        eps = None
+        try:
+            denoised = self._denoised(x, sigma, cfg=False)
+            eps = (x - denoised) / sigma[:, None, None, None]
+        except StopForward:
+            pass
+        finally:
+            self.run.features = None
+        return eps, recorder.features()
 
-    def eps_cfg(self, z, t: int, cond, uncond, cfg: float, transformer_options):
-        """Classifier-free guided eps; uncond first in the batch as ComfyUI does, the uncond pass dropped at cfg 1."""
-        batch = z.shape[0]
-        if uncond is None or cfg == 1.0:
-            return self.denoise_call(z, t, cond.expand(batch, -1, -1), transformer_options, [0] * batch)
-        eps = self.denoise_call(torch.cat([z, z]), t,
-                                torch.cat([uncond.expand(batch, -1, -1), cond.expand(batch, -1, -1)]),
-                                transformer_options, [1] * batch + [0] * batch)
-        eps_u, eps_c = eps.chunk(2)
-        return eps_u + cfg * (eps_c - eps_u)
-
-
-    def image_hw(self, z) -> tuple[int, int]:
+    @staticmethod
+    def image_hw(z) -> tuple[int, int]:
         """Image size (H, W) in pixels of a latent [B, 4, h, w]."""
         return z.shape[-2] * LATENT_DOWNSCALE, z.shape[-1] * LATENT_DOWNSCALE
 
-    def features_fn(self, tap, cond, truncate: bool = True):
-        """`features_fn(z, t) -> [features]` of kernels: the tapped decoder outputs, resized as `tap` says.
 
-        The estimator: no bank attention (dragondiffusion.md §10), conditioned on `cond` only, and with truncate
-        the forward stops after the last tapped block (the official estimator's saving, §2).
-        """
-        current = {}
-        options = self.transformer_options(bank_attention=False, output_block=[TapPatch(
-            lambda k, h: current["recorder"].observe(k, h))])
+class _PackSampler(comfy.samplers.Sampler):
+    """The pack's loop as a ComfyUI sampler: `guider.sample` calls it with the model loaded and the conds processed,
+    inside every OUTER_SAMPLE and SAMPLER_SAMPLE wrapper, as it would call KSampler's."""
 
-        def fn(z, t):
-            current["recorder"] = recorder = FeatureRecorder(tap, self.image_hw(z), truncate)
-            try:
-                self.denoise_call(z, t, cond.expand(z.shape[0], -1, -1), options, [0] * z.shape[0])
-            except StopForward:
-                pass
-            return recorder.features()
+    def __init__(self, loop, run: Run, grad: bool):
+        self.loop, self.run, self.grad = loop, run, grad
+        self.weights_copied = 0
 
-        return fn
-
-    def forward_fn(self, tap, cond):
-        """`forward_fn(z, t) -> (eps, [features])` of kernels: one full forward giving both (GoodDrag's drag step)."""
-        current = {}
-        options = self.transformer_options(bank_attention=False, output_block=[TapPatch(
-            lambda k, h: current["recorder"].observe(k, h))])
-
-        def fn(z, t):
-            current["recorder"] = recorder = FeatureRecorder(tap, self.image_hw(z), truncate=False)
-            eps = self.denoise_call(z, t, cond.expand(z.shape[0], -1, -1), options, [0] * z.shape[0])
-            return eps, recorder.features()
-
-        return fn
+    def sample(self, guider, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
+               disable_pbar=False):
+        if self.grad:
+            self.weights_copied = make_autograd_safe(guider.model_patcher)
+        _conds_to_device(guider.conds, guider.model_patcher.load_device)
+        passes = Passes(guider, extra_args["model_options"], self.run, extra_args.get("seed"))
+        return self.loop(passes, latent_image)
 
 
-class Progress:
-    """Progress bar, interruption and an x̂0 preview for a long loop, driven by the kernels' callback."""
-
-    def __init__(self, model, total: int, node_id=None):
-        self.total = total
-        self.bar = comfy.utils.ProgressBar(total, node_id=node_id)
-        self.previewer = latent_preview.get_previewer(model.load_device, model.model.latent_format)
-
-    def __call__(self, info: dict):
-        comfy.model_management.throw_exception_if_processing_interrupted()
-        preview = None
-        x0_hat = info.get("x0_hat")
-        if self.previewer is not None and x0_hat is not None:
-            preview = self.previewer.decode_latent_to_preview_image("JPEG", x0_hat[-1:].detach())
-        self.bar.update_absolute(min(info.get("done", info.get("i", 0) + 1), self.total), self.total, preview)
-
-    @staticmethod
-    def check_interrupted():
-        comfy.model_management.throw_exception_if_processing_interrupted()
+def _conds_to_device(conds, device):
+    """The run's processed conditioning moved to the device once: ComfyUI's samplers copy it on every pass."""
+    for entries in conds.values():
+        for entry in entries:
+            for cond in entry.get("model_conds", {}).values():
+                if isinstance(getattr(cond, "cond", None), torch.Tensor):
+                    cond.cond = cond.cond.to(device)
 
 
-def latent_to_z(model, latent: dict, node: str, input_name: str = "latent") -> torch.Tensor:
-    """VP z0 [1,4,h,w] (the 0.18215-scaled latent) from a LATENT dict; a normal (non-inference) fp32 tensor."""
+def sample(model, loop, latent, positive, negative=None, cfg: float = 1.0, seed: int = 0, sigmas=None,
+           attn1=(), grad: bool = False) -> torch.Tensor:
+    """Run `loop(passes, z0) -> x` as the sampler of a CFGGuider on `model`; returns the result as an unscaled
+    LATENT samples tensor [B, 4, h, w] on ComfyUI's intermediate device.
+
+    latent: the LATENT samples the run is about ([1, 4, h, w]; it sizes the conditioning, e.g. SDXL's size
+    embedding); loop receives it as VP z0 (scaled, on the device; zeros stay zeros). negative None: cond-only
+    passes. sigmas: the run's schedule, which ComfyUI gives patches as `sample_sigmas`. attn1: the pack's own
+    attention patches for this run, added with the feature tap and the Run to a copy of the MODEL's options.
+    grad: the loop takes gradients through the UNet (weights are made autograd-safe once, after loading).
+    """
+    run = Run()
+    guider = comfy.samplers.CFGGuider(model)
+    conds = {"positive": positive} if negative is None else {"positive": positive, "negative": negative}
+    guider.inner_set_conds(conds)
+    guider.set_cfg(cfg)
+    options = comfy.model_patcher.create_model_options_clone(model.model_options)
+    to = options.setdefault("transformer_options", {})
+    patches = to.setdefault("patches", {})
+    patches["attn1_patch"] = list(patches.get("attn1_patch", [])) + list(attn1)
+    patches["output_block_patch"] = list(patches.get("output_block_patch", [])) + [TapPatch()]
+    to[RUN_KEY] = run
+    guider.model_options = options
+    sampler = _PackSampler(loop, run, grad)
+    with torch.inference_mode(False), torch.no_grad():
+        latent = latent.detach().clone().float()
+        sigmas = torch.zeros(2) if sigmas is None else torch.as_tensor(sigmas, dtype=torch.float32).clone()
+        out = guider.sample(torch.zeros_like(latent), latent, sampler, sigmas, seed=seed)
+    return out.to(comfy.model_management.intermediate_device())
+
+
+def sigmas_of(alphas_cumprod, timesteps) -> list[float]:
+    """ComfyUI sigmas of a list of timesteps (t = -1: the final alpha_bar), for `sample`'s schedule."""
+    return [schedule.sigma_from_alpha_bar(schedule.alpha_bar_at(alphas_cumprod, t)) for t in timesteps]
+
+
+def model_alphas_cumprod(model) -> torch.Tensor:
+    """The model's alpha_bar table, float64 [1000] on the CPU."""
+    return schedule.alphas_cumprod_from_sigmas(model.get_model_object("model_sampling").sigmas.detach().cpu())
+
+
+def needs_loss_scaling(model) -> bool:
+    """Whether backward runs through an fp16 UNet on CUDA, where both official codes scale the loss."""
+    base = model.model
+    dtype = base.manual_cast_dtype or base.get_dtype()
+    return dtype == torch.float16 and model.load_device.type == "cuda"
+
+
+def offload_device():
+    """Where ComfyUI parks models off the GPU (the CPU, normally): a memory bank's home when it does not fit."""
+    return comfy.model_management.unet_offload_device()
+
+
+def bank_device(model, nbytes: int):
+    """The memory bank's device: the model's compute device when the bank fits in its free memory with room for the
+    passes (a bank on the GPU costs no copy per pass and allows graph capture), else the offload device."""
+    device = model.load_device
+    if device.type == "cpu":
+        return device
+    free = comfy.model_management.get_free_memory(device)
+    return device if nbytes * 2 < free else offload_device()
+
+
+# ------------------------------------------------------------------------------------------------ inputs and outputs
+
+def conditioning(cond, node: str, input_name: str):
+    """A CONDITIONING checked for content: the list ComfyUI's samplers take."""
+    if not isinstance(cond, list) or not cond or not isinstance(cond[0], (list, tuple)) or \
+            not isinstance(cond[0][0], torch.Tensor):
+        raise DragEditInputError(node, input_name, "holds no conditioning", "Connect a CLIP Text Encode output")
+    return cond
+
+
+def latent_samples(latent, node: str, input_name: str = "latent") -> torch.Tensor:
+    """The [1, 4, h, w] samples of a LATENT (unscaled VAE space); a clear error for anything else."""
     samples = latent.get("samples") if isinstance(latent, dict) else None
     if not isinstance(samples, torch.Tensor) or samples.ndim != 4 or samples.shape[1] != 4:
-        raise DragEditInputError(node, input_name, f"has shape {tuple(samples.shape) if samples is not None else None}",
+        shape = "nothing" if samples is None else f"shape {tuple(samples.shape)}"
+        raise DragEditInputError(node, input_name, f"holds {shape}",
                                  "Connect a 4-channel SD latent (VAE Encode of your image)")
     if samples.shape[0] != 1:
         raise DragEditInputError(node, input_name, f"holds a batch of {samples.shape[0]}",
                                  "Edit one image at a time: use a single-image latent")
-    with torch.inference_mode(False):
-        return model.model.process_latent_in(samples.detach().clone().float())
+    if not bool(torch.isfinite(samples).all()):
+        raise DragEditInputError(node, input_name, "contains NaN or inf", "Encode a valid image")
+    return samples
 
 
-def z_to_latent(model, z: torch.Tensor, sigma: float = 0.0) -> dict:
-    """A LATENT dict for stock nodes: sigma-space x = z·sqrt(1+sigma²), unscaled VAE space (process_latent_out)."""
-    x = schedule.x_from_z(z.detach().float(), sigma)
-    return {"samples": model.model.process_latent_out(x).cpu()}
+class Progress:
+    """Progress bar (counting up), interruption and x̂0 previews for a loop, driven by the kernels' callback.
+
+    Previews decode with the model's own latent format at the image's size, every `total / PREVIEWS_PER_RUN`
+    steps and on the last, so they cost a small fraction of the run.
+    """
+
+    def __init__(self, model, total: int, node_id=None, image_hw=None):
+        self.total = total
+        self.bar = comfy.utils.ProgressBar(total, node_id=node_id)
+        self.previewer = latent_preview.get_previewer(model.load_device, model.model.latent_format)
+        self.every = max(1, math.ceil(total / PREVIEWS_PER_RUN))
+        self.image_hw = image_hw
+
+    def __call__(self, info: dict):
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        done = min(info["done"] if "done" in info else info["index"] + 1, self.total)
+        x0_hat = info.get("x0_hat")
+        preview = None
+        if self.previewer is not None and x0_hat is not None and (done % self.every == 0 or done == self.total):
+            preview = self._preview(x0_hat[-1:].detach())
+        self.bar.update_absolute(done, self.total, preview)
+
+    def _preview(self, x0):
+        image = self.previewer.decode_latent_to_preview(x0)
+        height, width = self.image_hw or (x0.shape[-2] * LATENT_DOWNSCALE, x0.shape[-1] * LATENT_DOWNSCALE)
+        if image.size != (width, height):
+            image = image.resize((width, height), resample=2)   # PIL bilinear
+        return "JPEG", image, max(width, height)
+
+    @staticmethod
+    def check_interrupted():
+        comfy.model_management.throw_exception_if_processing_interrupted()
 
 
 DEMO_UNET_CONFIG_KEY = "dragedit.unet_config"  # safetensors metadata written by tools/train_demo.py
@@ -370,7 +591,7 @@ def prediction_type(model, node: str, input_name: str = "model") -> str:
     if kind is None or not isinstance(sampling, comfy.model_sampling.ModelSamplingDiscrete):
         seen = owner.__name__ if owner is not None else type(sampling).__name__
         raise DragEditInputError(node, input_name, f"predicts with {seen} on a {type(sampling).__mro__[1].__name__} "
-                                 "schedule", f"Use an epsilon or v-prediction model: {SUPPORTED_FAMILIES}")
+                                 "schedule", f"Use an epsilon or v-prediction model: {SUPPORTED}")
     return kind
 
 
@@ -382,7 +603,7 @@ def lora_target_modules(model, node: str, input_name: str = "model") -> list:
                if is_target(name) and hasattr(module, "weight_function") and getattr(module, "weight", None) is not None]
     if not targets:
         raise DragEditInputError(node, input_name, "has no attention projections attn1/attn2.to_q/to_k/to_v/to_out",
-                                 f"Use one of the supported models: {SUPPORTED_FAMILIES}")
+                                 f"Use one of the supported models: {SUPPORTED}")
     return targets
 
 
@@ -408,36 +629,27 @@ def vae_posterior(vae, image, node: str, input_name: str = "image"):
     return mean, DiagonalGaussianDistribution(moments.float()).std.to(mean.device)
 
 
-class _LoRAFitSampler(comfy.samplers.Sampler):
-    """A ComfyUI Sampler whose `sample` fits the LoRA instead of sampling (the shape of TrainLoraNode's
-    TrainSampler): run through CFGGuider.sample, every call is ComfyUI's own conditioning and patch path
-    (calc_cond_batch, model_options, wrappers), so whatever the MODEL carries applies, on every family."""
-
-    def __init__(self, fit):
-        self.fit = fit
-
-    def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
-               disable_pbar=False):
-        from comfy_extras.nodes_train import process_cond_list  # clones the conds' inference tensors
-
-        process_cond_list(model_wrap.conds)
-        base = model_wrap.inner_model
-        with grad_scope():
-            train_sigmas = base.model_sampling.sigmas.detach().to(noise.device, torch.float32).clone()
-            self.losses = self.fit(lambda x, sigma: model_wrap(x, sigma, **extra_args), train_sigmas, base)
-        return torch.zeros_like(noise)
+def _clone_conds(conds):
+    """The run's processed conditioning as normal tensors: gradients into LoRA weights that read the text (attn2's
+    to_k / to_v) save it for backward, and the CLIP output is an inference tensor (comfyhost gotcha 5)."""
+    for entries in conds.values():
+        for entry in entries:
+            for cond in entry.get("model_conds", {}).values():
+                if isinstance(getattr(cond, "cond", None), torch.Tensor):
+                    cond.cond = cond.cond.detach().clone()
 
 
-def fit_identity_lora(model, z_mean, z_std, positive, recipe, seed: int, node: str, node_id=None):
-    """(MODEL with the LoRA as weight patches, IdentityLoRA): the recipe of kernels.lora on the VP latent posterior
-    (z_mean, z_std [1, C, h, w], z_std may be None).
+def fit_identity_lora(model, latent, std, positive, recipe, seed: int, node: str, node_id=None):
+    """(MODEL with the LoRA as weight patches, IdentityLoRA): the recipe of kernels.lora on the posterior of the
+    image's latent (LATENT samples `latent` [1, C, h, w] and its std, or None), through the pack's `sample` path.
 
-    Reused from ComfyUI 0.3.75, as TrainLoraNode uses them: weight adapters (comfy.weight_adapter.LoRAAdapter and its
-    trainable LoraDiff, hung on a clone with add_weight_wrapper, which also makes the weights autograd-safe) and
-    CFGGuider.sample with a Sampler of ours, for the conditioning and patches. Not reused: TrainSampler itself (an
-    x0 MSE under bf16 autocast with timesteps from percent_to_sigma, not the papers' epsilon MSE at integer t).
-    The result is `model.clone()` with LoRAAdapter weight patches (add_patches, what LoraLoader adds), so stock
-    nodes see it and a saved file reloads to the same weights; the input MODEL is not modified.
+    Reused from ComfyUI 0.3.75, as its TrainLoraNode uses them: the weight adapters (comfy.weight_adapter's
+    LoRAAdapter, and its trainable LoraDiff hung on a clone with add_weight_wrapper) and CFGGuider.sample with a
+    sampler of ours (here the pack's `sample`), so the conditioning and every patch on the MODEL apply as in a
+    KSampler, on every family. Not reused: TrainSampler itself, whose loss is an x0 MSE under bf16 autocast at
+    timesteps from percent_to_sigma, not the papers' epsilon (or v) MSE at integer t ~ U[0, 1000). The result is
+    `model.clone()` with LoRAAdapter weight patches (add_patches, what LoraLoader adds), so stock nodes see it and
+    a saved file reloads to the same weights; the input MODEL is not modified.
     """
     from comfy.weight_adapter import LoRAAdapter
 
@@ -447,7 +659,7 @@ def fit_identity_lora(model, z_mean, z_std, positive, recipe, seed: int, node: s
     targets = lora_target_modules(model, node)
     generator = torch.Generator().manual_seed(seed)
     alpha = float(recipe.rank)   # scale alpha / rank = 1: diffusers' LoRA layers of both official codes
-    trainer = _autograd_safe_clone(model)
+    trainer = model.clone()
     adapters = {}
     with torch.inference_mode(False), torch.random.fork_rng(devices=[]):
         for name, module in targets:
@@ -455,27 +667,35 @@ def fit_identity_lora(model, z_mean, z_std, positive, recipe, seed: int, node: s
             up, down = lora.init_pair(out_features, in_features, recipe.rank, generator)
             adapters[f"{name}.weight"] = train = LoRAAdapter(set(), (up, down, alpha, None, None, None)).to_train()
             trainer.add_weight_wrapper(f"{name}.weight", train)
-    params = [p for train in adapters.values() for p in (train.lora_up.weight, train.lora_down.weight)]
+        params = [p for train in adapters.values() for p in (train.lora_up.weight, train.lora_down.weight)]
+        z_std = None if std is None else \
+            model.model.process_latent_in((latent + std).float()) - model.model.process_latent_in(latent.float())
     if positive is None:   # no text: an all-zero context of the model's width
+        if model.model.adm_channels:
+            raise DragEditInputError(node, "positive", f"is not connected, and a {family(model, node).name} model's "
+                                     "conditioning carries more than the text tokens (the pooled text embedding)",
+                                     "Connect CLIP Text Encode of the edit's prompt (GoodDrag: '')")
         positive = [[torch.zeros(1, 77, model.model.model_config.unet_config["context_dim"]), {}]]
     progress = Progress(model, recipe.steps, node_id)
+    scaler = torch.amp.GradScaler("cuda") if needs_loss_scaling(model) else None
+    losses = {}
 
-    def fit(denoised_fn, sigmas, base):
-        dtype = base.manual_cast_dtype or base.get_dtype()
-        scaler = torch.amp.GradScaler("cuda") if sigmas.device.type == "cuda" and dtype == torch.float16 else None
-        return lora.fit(denoised_fn, params, z_mean.to(sigmas.device), z_std, sigmas, recipe, prediction, seed,
-                        grad_scaler=scaler, callback=lambda info: progress(dict(done=info["step"] + 1)))
+    def loop(passes, z0):
+        with grad_scope():
+            _clone_conds(passes.guider.conds)
+            conds = passes.guider.conds["positive"]
 
-    sampler = _LoRAFitSampler(fit)
-    guider = comfy.samplers.CFGGuider(trainer)
-    guider.inner_set_conds({"positive": positive})
-    latent = model.model.process_latent_out(z_mean.detach().float().cpu()).expand(recipe.batch_size, -1, -1, -1)
-    with torch.inference_mode(False):
-        comfy.model_management.load_models_gpu([trainer], memory_required=1e20, force_full_load=True)
-        guider.sample(torch.zeros_like(latent), latent.clone(), sampler, torch.ones(2), seed=seed)
+            def denoised_fn(x, sigma):
+                return comfy.samplers.calc_cond_batch(passes.base, [conds], x, sigma, passes.options)[0]
+
+            losses["value"] = lora.fit(denoised_fn, params, z0, z_std, passes.sigmas, recipe, prediction, seed,
+                                       grad_scaler=scaler, callback=lambda info: progress(dict(done=info["step"] + 1)))
+        return z0
+
+    sample(trainer, loop, latent, positive, seed=seed, grad=True)
     pairs = {key: (train.lora_up.weight.detach().float().cpu().clone(),
                    train.lora_down.weight.detach().float().cpu().clone()) for key, train in adapters.items()}
-    return apply_identity_lora(model, pairs, alpha), IdentityLoRA(pairs, alpha, recipe, seed, sampler.losses)
+    return apply_identity_lora(model, pairs, alpha), IdentityLoRA(pairs, alpha, recipe, seed, losses["value"])
 
 
 def apply_identity_lora(model, pairs: dict, alpha: float):
@@ -628,24 +848,17 @@ def cross_attention_layers(model, node: str, input_name: str = "model") -> list:
     return layers
 
 
-def _run_step(extra_options):
-    """The PlanStep being evaluated, from the run's context at transformer_options["dragedit"] (None outside a
-    DragEdit run)."""
-    return getattr(extra_options.get("dragedit"), "step", None)
-
-
 class ImagePromptPatch(_Patch):
     """attn2 replace of one cross-attention: its text attention (or the replace patch found there, kept) plus
-    scale x the image-prompt term, on plan steps with `image_prompt` in the denoise phase only, so never in the
-    inversion, the time-travel re-noise or the estimator (dragondiffusion.md §6, attention_processor.py:L248-260)."""
-
-    image_prompt = True
+    scale x the image-prompt term, in the pack's denoise passes on plan steps with `image_prompt` only: never in
+    the inversion, the time-travel re-noise, the estimator or a stock sampler (dragondiffusion.md §6,
+    attention_processor.py:L248-260)."""
 
     def __init__(self, prompt, w_k, w_v, inner=None):
         self.prompt, self.w_k, self.w_v, self.inner = prompt, w_k, w_v, inner
         self._on_device = {}
 
-    def _weights(self, like):
+    def _tensors(self, like):
         key = (like.device, like.dtype)
         if key not in self._on_device:
             self._on_device[key] = tuple(t.to(like) for t in (self.w_k, self.w_v, self.prompt.cond, self.prompt.uncond))
@@ -662,19 +875,17 @@ class ImagePromptPatch(_Patch):
             return attention.optimized_attention(q_, k_, v_, heads_, attn_precision=extra_options.get("attn_precision"))
 
         out = self.inner(q, k, v, extra_options) if self.inner is not None else attend(q, k, v, heads)
-        step = _run_step(extra_options)
-        if step is None or not step.image_prompt or step.phase != "denoise":
+        run = extra_options.get(RUN_KEY)
+        if run is None or run.phase != "denoise" or not run.step.image_prompt:
             return out
-        w_k, w_v, cond, uncond = self._weights(q)
+        w_k, w_v, cond, uncond = self._tensors(q)
         tokens = image_prompt.batch_tokens(cond, uncond, extra_options["cond_or_uncond"], q.shape[0])
         return out + self.prompt.scale * image_prompt.image_prompt_term(q, tokens, w_k, w_v, heads, attend)
 
 
 class TextTokenLeakPatch(_Patch):
     """attn2_patch of the faithful two-image mode: the base image's IP tokens appended to the text context of every
-    cross-attention, on every sampling and re-noise call (the official 128-token context, §9 item 7)."""
-
-    image_prompt = True
+    cross-attention, in every denoise and re-noise pass (the official 128-token context, §9 item 7)."""
 
     def __init__(self, cond, uncond):
         self.cond, self.uncond = cond, uncond
@@ -682,17 +893,18 @@ class TextTokenLeakPatch(_Patch):
     def __call__(self, n, context_attn2, value_attn2, extra_options):
         from ..kernels import image_prompt
 
-        step = _run_step(extra_options)
-        if step is None or step.phase not in ("denoise", "renoise"):
+        run = extra_options.get(RUN_KEY)
+        if run is None or run.phase not in ("denoise", "renoise"):
             return n, context_attn2, value_attn2
         tokens = image_prompt.batch_tokens(self.cond, self.uncond, extra_options["cond_or_uncond"],
                                            context_attn2.shape[0]).to(context_attn2)
         return n, torch.cat([context_attn2, tokens], 1), torch.cat([value_attn2, tokens], 1)
 
 
-def with_image_prompt(transformer_options: dict, model, prompt, node: str, input_name: str = "image_prompt") -> dict:
-    """A copy of transformer_options with the image prompt on every cross-attention of the model; a clear error
-    when the model's cross-attentions are not the ones the file was trained for (SD 1.5's 16)."""
+def image_prompt_model(model, prompt, node: str, input_name: str = "image_prompt"):
+    """A clone of the MODEL with the image prompt on every cross-attention (attn2 replace patches that keep any
+    replace patch already there, and the faithful leak's attn2_patch); a clear error when the model's
+    cross-attentions are not the ones the file was trained for (SD 1.5's 16)."""
     from ..kernels import image_prompt
 
     layers = cross_attention_layers(model, node)
@@ -701,15 +913,11 @@ def with_image_prompt(transformer_options: dict, model, prompt, node: str, input
         raise DragEditInputError(node, input_name, f"holds weights for SD 1.5's 16 cross-attentions, but the model has "
                                  f"{len(widths)} of widths {sorted(set(widths))}",
                                  "Use the image prompt with an SD 1.5 checkpoint (ip_sd15_64.bin is for SD 1.5)")
-    options = dict(transformer_options)
-    replace = dict(options.get("patches_replace", {}))
-    attn2 = dict(replace.get("attn2", {}))
+    patched = model.clone()
+    existing = patched.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
     for (key, _), (w_k, w_v) in zip(layers, prompt.layers):
-        attn2[key] = ImagePromptPatch(prompt, w_k, w_v, inner=attn2.get(key, attn2.get(key[:2])))
-    replace["attn2"] = attn2
-    options["patches_replace"] = replace
+        inner = existing.get(key, existing.get(key[:2]))
+        patched.set_model_attn2_replace(ImagePromptPatch(prompt, w_k, w_v, inner), *key)
     if prompt.text_tokens is not None:
-        patches = dict(options.get("patches", {}))
-        patches["attn2_patch"] = list(patches.get("attn2_patch", [])) + [TextTokenLeakPatch(*prompt.text_tokens)]
-        options["patches"] = patches
-    return options
+        patched.set_model_attn2_patch(TextTokenLeakPatch(*prompt.text_tokens))
+    return patched

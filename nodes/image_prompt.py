@@ -4,12 +4,13 @@ from comfy_api.latest import io
 
 from ..kernels import image_prompt
 from . import host, types
+from .errors import DragEditNode
 
 LOADER_NAME = "DiffEditor Image Prompt Loader"
 NAME = "DiffEditor Image Prompt"
 
 
-class DragEditImagePromptLoader(io.ComfyNode):
+class DragEditImagePromptLoader(DragEditNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -32,7 +33,7 @@ class DragEditImagePromptLoader(io.ComfyNode):
         return io.NodeOutput(host.load_image_prompt_model(ip_adapter_file, LOADER_NAME, "ip_adapter_file"))
 
 
-class DragEditImagePrompt(io.ComfyNode):
+class DragEditImagePrompt(DragEditNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(

@@ -4,7 +4,7 @@ from comfy_api.latest import io
 from ..kernels import lora
 from ..kernels.errors import ArgumentError
 from . import host
-from .errors import DragEditInputError
+from .errors import DragEditInputError, DragEditNode, from_argument
 
 NAME = "GoodDrag / DragDiffusion Identity LoRA"
 FIXES = {
@@ -15,15 +15,7 @@ FIXES = {
 }
 
 
-def _recipe(steps, rank, lr, batch_size) -> lora.LoRARecipe:
-    try:
-        return lora.LoRARecipe(steps=steps, rank=rank, lr=lr, batch_size=batch_size)
-    except ArgumentError as err:
-        value = {"steps": steps, "rank": rank, "lr": lr, "batch_size": batch_size}[err.argument]
-        raise DragEditInputError(NAME, err.argument, f"is {value}", FIXES[err.argument]) from None
-
-
-class DragEditIdentityLoRA(io.ComfyNode):
+class DragEditIdentityLoRA(DragEditNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -75,24 +67,18 @@ class DragEditIdentityLoRA(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, steps=None, rank=None, lr=None, batch_size=None):
-        """Literal widget values checked at queue time (linked ones arrive as None and are checked in execute)."""
-        for name, value in (("steps", steps), ("rank", rank), ("batch_size", batch_size)):
-            if value is not None and value < 1:
-                return str(DragEditInputError(NAME, name, f"is {value}", FIXES[name]))
-        if lr is not None and not lr > 0:
-            return str(DragEditInputError(NAME, "lr", f"is {lr}", FIXES["lr"]))
-        return True
-
-    @classmethod
     def execute(cls, model, steps, rank, lr, batch_size, seed, latent=None, image=None, vae=None, positive=None,
                 save_name="") -> io.NodeOutput:
-        recipe = _recipe(steps, rank, lr, batch_size)
-        host.topology(model, NAME)
+        try:
+            recipe = lora.LoRARecipe(steps=steps, rank=rank, lr=lr, batch_size=batch_size)
+        except ArgumentError as err:
+            raise from_argument(NAME, err, fixes=FIXES) from None
+        host.family(model, NAME)
         save_path = host.lora_save_path(save_name.strip(), NAME) if save_name and save_name.strip() else None
         if latent is not None and image is not None:
             raise DragEditInputError(NAME, "latent", "and image are both connected",
                                      "Connect one: image + vae (posterior samples, as the papers) or latent")
+        std = None
         if image is not None:
             if vae is None:
                 raise DragEditInputError(NAME, "vae", "is not connected", "Connect the VAE that encodes image")
@@ -101,11 +87,10 @@ class DragEditIdentityLoRA(io.ComfyNode):
         elif latent is None:
             raise DragEditInputError(NAME, "latent", "is not connected",
                                      "Connect the image to edit: image + vae, or VAE Encode's latent")
-        else:
-            std = None
-        z_mean = host.latent_to_z(model, latent, NAME)
-        z_std = None if std is None else host.latent_to_z(model, {"samples": latent["samples"] + std}, NAME) - z_mean
-        patched, fitted = host.fit_identity_lora(model, z_mean, z_std, positive, recipe, seed, NAME,
+        samples = host.latent_samples(latent, NAME, "image" if image is not None else "latent")
+        if positive is not None:
+            positive = host.conditioning(positive, NAME, "positive")
+        patched, fitted = host.fit_identity_lora(model, samples, std, positive, recipe, seed, NAME,
                                                  cls.hidden.unique_id)
         if save_path is not None:
             host.save_identity_lora(model, fitted, save_path)

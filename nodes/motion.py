@@ -2,7 +2,9 @@
 from comfy_api.latest import io
 
 from ..kernels import motion
+from ..kernels.errors import ArgumentError
 from . import types
+from .errors import DragEditNode, from_argument
 
 NAME = "GoodDrag Motion Supervision"
 EMPTY_MASK = {
@@ -11,7 +13,7 @@ EMPTY_MASK = {
 }
 
 
-class DragEditMotionSupervision(io.ComfyNode):
+class DragEditMotionSupervision(DragEditNode):
     @classmethod
     def define_schema(cls):
         spec = motion.GOODDRAG_MOTION
@@ -51,8 +53,12 @@ class DragEditMotionSupervision(io.ComfyNode):
 
     @classmethod
     def execute(cls, variant, r1, beta, lam, empty_mask) -> io.NodeOutput:
-        return io.NodeOutput(motion.MotionSupervision(variant, r1=r1, beta=beta, lam=lam,
-                                                      regularize_empty_mask=EMPTY_MASK[empty_mask]))
+        try:
+            spec = motion.MotionSupervision(variant, r1=r1, beta=beta, lam=lam,
+                                            regularize_empty_mask=EMPTY_MASK[empty_mask])
+        except ArgumentError as err:
+            raise from_argument(NAME, err, {"lam": "lambda"}) from None
+        return io.NodeOutput(spec)
 
 
 NODES = [DragEditMotionSupervision]

@@ -3,13 +3,14 @@ import torch
 from comfy_api.latest import io, ui
 
 from ..kernels import aldd, preview, tracker
+from ..kernels.errors import ArgumentError
 from . import types
-from .errors import DragEditInputError
+from .errors import DragEditInputError, DragEditNode, from_argument
 
 NAME = "GoodDrag Point Tracker"
 
 
-class DragEditPointTracker(io.ComfyNode):
+class DragEditPointTracker(DragEditNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -43,7 +44,10 @@ class DragEditPointTracker(io.ComfyNode):
 
     @classmethod
     def execute(cls, r2, clamp, image=None, points=None) -> io.NodeOutput:
-        spec = tracker.TrackerSpec(r2=r2, clamp=clamp)
+        try:
+            spec = tracker.TrackerSpec(r2=r2, clamp=clamp)
+        except ArgumentError as err:
+            raise from_argument(NAME, err) from None
         if points is None:
             return io.NodeOutput(spec, torch.zeros(1, 64, 64, 3))
         width, height = points.image_size

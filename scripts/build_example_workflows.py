@@ -62,7 +62,7 @@ def _drag(name, prompt, strength, pairs, motion, tracker, schedule):
         node("invert", "DragEditDDIMInversion", model=("ckpt", 0), latent=("latent", 0), positive=("pos", 0),
              steps=ALDD_STEPS, strength=strength, layers="none"),
         node("features", "DragEditFeatureExtractor", model=("ckpt", 0),
-             preset="GoodDrag / DragDiffusion (output 8, bilinear, H/2)"),
+             preset="GoodDrag / DragDiffusion"),
         node("points", "DragEditPoints", image=("image", 0), points_json=_points_json(*pairs), mask=("image", 1)),
         node("motion", "DragEditMotionSupervision", **motion),
         node("tracker", "DragEditPointTracker", image=("image", 0), points=("points", 0), **tracker),
@@ -110,7 +110,7 @@ def _ball_mask(key, image, colour):
 
 def _dragon(name, edit, vca_mode, cfg=4.0, vca_masks=None, head=None, steps=DRAGON_STEPS):
     """DragonDiffusion / DiffEditor: invert (also the second image for the masked modes), the `edit` nodes ending
-    in "guidance", features, visual cross-attention on the paper's steps scaled to `steps`, Guided Sampler.
+    in "guidance", features, visual cross-attention (on the method's steps, as the plan says), Guided Sampler.
     `head` (default: checkpoint and scene) provides the nodes "ckpt", "image", "pos" and "latent"."""
     two_images = vca_mode == "masked"
     spec = (head or _loader_and_image()) + [
@@ -127,11 +127,10 @@ def _dragon(name, edit, vca_mode, cfg=4.0, vca_masks=None, head=None, steps=DRAG
                  steps=DRAGON_STEPS),
         ]
         second = dict(memory_bank_replace=("invert_b", 0))
-    start, end = (0, round(35 * steps / 50)) if two_images else (round(5 * steps / 50), 1000)
     return spec + edit + [
         node("features", "DragEditFeatureExtractor", model=("ckpt", 0)),
         node("vca", "DragEditVisualCrossAttention", model=("ckpt", 0), memory_bank=("invert", 0), mode=vca_mode,
-             start_step=start, end_step=end, **second, **(vca_masks or {})),
+             **second, **(vca_masks or {})),
         node("sampler", "DragEditGuidedSampler", model=("vca", 0), memory_bank=("invert", 0), guidance=("guidance", 0),
              features=("features", 0), positive=("pos", 0), negative=("neg", 0), cfg=cfg, **second),
         node("decode", "VAEDecode", samples=("sampler", 0), vae=("ckpt", 2)),

@@ -7,8 +7,9 @@ import pytest
 import safetensors
 import torch
 
+from comfyui_dragedit.kernels.plan import PlanStep
 from comfyui_dragedit.nodes import demo_model, host
-from tests.support.comfy_inproc import run_node
+from tests.support.comfy_inproc import run_node, run_passes
 from tools import scenes, train_demo
 
 REDUCED_SCALE = 0.05
@@ -52,18 +53,17 @@ def test_reduced_training_learns_both_models(reduced):
 
 def test_loader_gives_an_sd15_model_the_nodes_accept_and_text_has_no_effect(reduced):
     model, clip, vae = host.load_demo_model(reduced[0])
-    assert host.topology(model, "test").family == "SD 1.x"
+    assert host.family(model, "test") is host.SD1
     with torch.inference_mode():
         empty = clip.encode_from_tokens_scheduled(clip.tokenize(""))
         worded = clip.encode_from_tokens_scheduled(clip.tokenize("a red star"))
         latent = vae.encode(_held_out(1))
     assert latent.shape == (1, 4, 16, 16)
-    runner = host.UNetRunner(model)
     z = model.model.process_latent_in(latent.float())
     random_context = [[torch.randn_like(empty[0][0]) * 5, {}]]
-    with torch.inference_mode():
-        eps = [runner.denoise_call(z, 501, host.conditioning_tensor(c, "test", "positive"),
-                                   runner.transformer_options(), [0]) for c in (empty, worded, random_context)]
+    step = PlanStep(25, 501, 481)
+    eps = [run_passes(model, lambda p: p.eps(z, step), c, latent_hw=(16, 16))
+           for c in (empty, worded, random_context)]
     assert torch.isfinite(eps[0]).all() and eps[0].abs().mean() > 0.05
     assert torch.equal(eps[0], eps[1]) and torch.equal(eps[0], eps[2])
 
@@ -89,7 +89,7 @@ def test_shipped_autoencoder_has_the_quality_its_file_claims(shipped):
 def test_shipped_model_inverts_and_reconstructs_held_out_scenes(shipped):
     """DDIM inversion (50 steps) then the guided sampler with zero energy: the image comes back within a few dB
     of what the autoencoder alone gives."""
-    from comfyui_dragedit.kernels.features import DRAGON_TAP
+    from comfyui_dragedit.kernels.features import dragon_tap
     from comfyui_dragedit.nodes import energy_guidance, guided_sampler, inversion
 
     (model, clip, vae), _ = shipped
@@ -109,7 +109,7 @@ def test_shipped_model_inverts_and_reconstructs_held_out_scenes(shipped):
                             offset_y=0, w_edit=4.0, w_content=6.0, w_contrast=0.2, w_inpaint=0.8, energy_scale=0.0,
                             faithful_bugs=False).result[0]
         out = run_node(guided_sampler.DragEditGuidedSampler, model=model, memory_bank=bank, guidance=guidance,
-                       features=DRAGON_TAP, positive=cond, negative=cond, cfg=1.0, seed=0, schedule="D",
+                       features=dragon_tap((5, 8), "SD 1.x"), positive=cond, negative=cond, cfg=1.0, seed=0, schedule="D",
                        sde_strength=0.0).result[0]
         with torch.inference_mode():
             decoded = vae.decode(out["samples"])

@@ -3,23 +3,25 @@ Energy Guidance nodes and the Guided Sampler on an 8x8 latent, the sampler with 
 loop, the gradient through the real truncated estimator, empty regions, progress, and the errors users see.
 The kernels' §11 checks with stub extractors are in tests/unit (test_energy, test_guidance)."""
 import dataclasses
+import math
 import types
 
 import pytest
 import torch
 
-from comfyui_dragedit.kernels import ddim, energy, features, plan
+from comfyui_dragedit.kernels import energy, features, plan
 from comfyui_dragedit.kernels.guidance import DragonPolicy
+from comfyui_dragedit.kernels.plan import PlanStep
 from comfyui_dragedit.kernels.points import DragPoints
 from comfyui_dragedit.nodes.errors import DragEditInputError
-from tests.support.comfy_inproc import run_node
+from tests.support.comfy_inproc import run_node, run_passes
 
 LATENT_HW = (8, 8)
 IMAGE = 64                          # px, square: latent 8x8, feature grid 16x16
 STEPS = 10                          # D+ at 10 steps: guided 0, 1, 2, 4 (4 three times), SDE at 3
 MODES = ("move", "resize", "appearance", "paste", "drag")
-VCA = {"move": ("replace", 1, 1000), "resize": ("replace", 1, 1000), "drag": ("concat", 1, 1000),
-       "appearance": ("masked", 0, 7), "paste": ("masked", 0, 7)}   # official bank steps, scaled to 10 steps
+VCA_MODE = {"move": "replace", "resize": "replace", "drag": "concat", "appearance": "masked", "paste": "masked"}
+DRAGON_TAP = features.dragon_tap((5, 8), "SD 1.x")
 
 
 def box(rows, cols, size=IMAGE):
@@ -62,7 +64,7 @@ def banks(nodes_, sd15, cond):
         torch.manual_seed(seed)
         latent = {"samples": torch.randn(1, 4, *LATENT_HW) * 0.8}
         out.append(run_node(nodes_.inversion, model=sd15[0], latent=latent, positive=cond, steps=STEPS,
-                            strength=1.0, layers="decoder self-attention", bank_device="offload (CPU)").result[0])
+                            strength=1.0, layers="family default", bank_device="offload (CPU)").result[0])
     return tuple(out)
 
 
@@ -100,7 +102,7 @@ def sample(nodes_, model, banks, guidance, cond, uncond, **inputs):
     widgets = {**widget_defaults(nodes_.sampler), **inputs}
     replace = banks[1] if guidance.mode in ("appearance", "paste") else None
     return run_node(nodes_.sampler, model=model, memory_bank=banks[0], memory_bank_replace=replace,
-                    guidance=guidance, features=features.DRAGON_TAP, positive=cond, negative=uncond,
+                    guidance=guidance, features=DRAGON_TAP, positive=cond, negative=uncond,
                     **widgets).result[0]["samples"]
 
 
@@ -151,10 +153,10 @@ def mode_runs(nodes_, sd15, banks, cond, uncond):
     runs = {}
     for mode in MODES:
         g, vca_masks = guidance_of(nodes_, mode)
-        vca_mode, start, end = VCA[mode]
+        vca_mode = VCA_MODE[mode]
         replace = {"memory_bank_replace": banks[1]} if vca_mode == "masked" else {}
-        model = run_node(nodes_.vca, model=sd15[0], memory_bank=banks[0], mode=vca_mode, start_step=start,
-                         end_step=end, **replace, **vca_masks).result[0]
+        model = run_node(nodes_.vca, model=sd15[0], memory_bank=banks[0], mode=vca_mode, step_range="method's steps",
+                         start_step=0, end_step=1000, **replace, **vca_masks).result[0]
         runs[mode] = sample(nodes_, model, banks, g, cond, uncond)
     return runs
 
@@ -166,28 +168,30 @@ def test_every_mode_samples_a_finite_latent(mode_runs, mode):
     assert torch.isfinite(samples).all() and samples.std() > 0
 
 
-def reference_loop(nodes_, model, bank, guidance, cond, uncond, steps, cfg):
-    """The kernels' own loop with the host's eps and no policy: CFG for denoise passes, cond only to re-noise."""
-    runner = nodes_.host.UNetRunner(model)
-    options = runner.transformer_options()
+def plain_ddim(model, bank, cond, uncond, cfg, steps=STEPS):
+    """The oracle of an unguided edit: DDIM written out here, from the bank's z_T, with the host's CFG eps."""
+    alphas = bank.alphas_cumprod
+    ts = list(bank.timesteps)
 
-    def eps_fn(z, step):
-        if step.phase == "renoise":
-            return runner.eps_cfg(z, step.t, cond[0][0], None, 1.0, options)
-        return runner.eps_cfg(z, step.t, cond[0][0], uncond[0][0], cfg, options)
+    def loop(passes):
+        z = bank.latent(ts[0])
+        for i, t in enumerate(ts):
+            eps = passes.eps(z, PlanStep(i, t, ts[i + 1] if i + 1 < len(ts) else -1), cfg=True)
+            prev = float(alphas[ts[i + 1]]) if i + 1 < len(ts) else float(alphas[0])
+            x0 = (z - math.sqrt(1 - float(alphas[t])) * eps) / math.sqrt(float(alphas[t]))
+            z = math.sqrt(prev) * x0 + math.sqrt(1 - prev) * eps
+        return z
 
-    with torch.inference_mode():
-        z_T = energy.copy_noise(guidance, bank.latent(bank.timesteps[0]))
-        z0 = ddim.denoise(eps_fn, z_T, steps, runner.alphas_cumprod)
-    return nodes_.host.z_to_latent(model, z0)["samples"]
+    z0 = run_passes(model, loop, cond, uncond, cfg=cfg)
+    return model.model.process_latent_out(z0)
 
 
 @pytest.fixture(scope="module")
 def unguided(nodes_, sd15, banks, cond, uncond):
-    """energy_scale 0, SDE off, no bank attention (the plain MODEL), schedule D; progress recorded."""
+    """energy_scale 0 and no offset (z_T unchanged), SDE off, no bank attention (the plain MODEL); progress."""
     import comfy.utils
 
-    g, _ = guidance_of(nodes_, "move", energy_scale=0.0)
+    g, _ = guidance_of(nodes_, "move", offset_x=0, offset_y=0, energy_scale=0.0)
     seen = []
 
     def record(value, total, preview, node_id=None):
@@ -195,47 +199,98 @@ def unguided(nodes_, sd15, banks, cond, uncond):
 
     try:
         comfy.utils.set_progress_bar_global_hook(record)
-        samples = sample(nodes_, sd15[0], banks, g, cond, uncond, schedule="D", sde_strength=0.0)
+        samples = {alg: sample(nodes_, sd15[0], banks, g, cond, uncond, schedule=alg, sde_strength=0.0)
+                   for alg in ("D", "D+")}
     finally:
         comfy.utils.set_progress_bar_global_hook(None)
     return g, samples, seen
 
 
-def test_without_guidance_the_sampler_is_the_plain_ddim_loop_from_z_T(nodes_, sd15, banks, cond, uncond, unguided):
-    g, samples, seen = unguided
-    assert g.noise_pairs, "the move copies the object's noise: z_T is the bank's with that copy"
-    plain = reference_loop(nodes_, sd15[0], banks[0], g, cond, uncond, plan.ddim_plan(STEPS), cfg=4.0)
-    torch.testing.assert_close(samples, plain, atol=1e-5, rtol=1e-5)
-    assert seen == [(k, STEPS) for k in range(1, STEPS + 1)]
+def test_without_guidance_the_sampler_is_the_plain_ddim_loop_from_z_T(sd15, banks, cond, uncond, unguided):
+    _, samples, seen = unguided
+    plain = plain_ddim(sd15[0], banks[0], cond, uncond, cfg=4.0)
+    torch.testing.assert_close(samples["D"], plain, atol=1e-5, rtol=1e-5)
+    assert seen[:STEPS] == [(k, STEPS) for k in range(1, STEPS + 1)], "the progress bar counts up, once per step"
 
 
-def test_without_guidance_d_plus_time_travels_with_cond_only_renoising(nodes_, sd15, banks, cond, uncond):
-    g, _ = guidance_of(nodes_, "move", energy_scale=0.0)
-    steps = plan.dragon_plan("D+", "move", STEPS, sde_strength=0.0)
-    assert any(s.repeats > 1 for s in steps)
-    samples = sample(nodes_, sd15[0], banks, g, cond, uncond, schedule="D+", sde_strength=0.0)
-    travelled = reference_loop(nodes_, sd15[0], banks[0], g, cond, uncond, steps, cfg=4.0)
-    torch.testing.assert_close(samples, travelled, atol=1e-5, rtol=1e-5)
+def test_energy_scale_zero_turns_time_travel_and_guidance_off_in_d_plus(nodes_, unguided):
+    """Official Sampler.py:L60-61, L74: with energy scale 0, D+ runs one repeat per step and no guidance call."""
+    _, samples, _ = unguided
+    torch.testing.assert_close(samples["D+"], samples["D"], atol=1e-6, rtol=1e-6)
+    assert not any(s.guided or s.repeats > 1 for s in plan.dragon_plan("D+", "move", STEPS, guidance=False))
+
+
+def test_cfg_combines_cond_and_uncond_in_the_right_direction(sd15, cond, uncond):
+    """The CFG pass equals uncond + cfg (cond - uncond) computed from two cond-only passes (never swapped)."""
+    torch.manual_seed(5)
+    z = torch.randn(1, 4, *LATENT_HW)
+    step = PlanStep(3, 601, 501)
+    guided = run_passes(sd15[0], lambda p: p.eps(z, step, cfg=True), cond, uncond, cfg=3.0)
+    eps_c = run_passes(sd15[0], lambda p: p.eps(z, step), cond)
+    eps_u = run_passes(sd15[0], lambda p: p.eps(z, step), uncond)
+    assert not torch.allclose(eps_c, eps_u, atol=1e-4)
+    torch.testing.assert_close(guided, eps_u + 3.0 * (eps_c - eps_u), atol=1e-5, rtol=1e-4)
+
+
+class _PassSpy:
+    """attn1_patch after the bank patch: records (phase, step index, CFG batch, bank active) once per UNet call."""
+
+    def __init__(self, seen, layer=("output", 3, 0)):   # the first decoder layer: truncated passes reach it too
+        self.seen, self.layer = seen, layer
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def __call__(self, n, context_attn1, value_attn1, extra_options):
+        if (extra_options["block"][0], extra_options["block"][1], extra_options.get("block_index", 0)) == self.layer:
+            run = extra_options["dragedit"]
+            self.seen.append((run.phase, None if run.step is None else run.step.i, n.shape[0],
+                              context_attn1 is not n))
+        return n, context_attn1, value_attn1
+
+
+@pytest.mark.parametrize("mode", ["move", "appearance"])
+def test_bank_attention_runs_on_exactly_the_plans_steps_and_passes(nodes_, sd15, banks, cond, uncond, mode):
+    """Every CFG pass of a plan step with bank_attention reads the bank, no other pass does: not the estimator,
+    not time travel's re-noise (the plan is the one authority; 10 steps: move from i=1, appearance to i=7)."""
+    g, vca_masks = guidance_of(nodes_, mode)
+    replace = {"memory_bank_replace": banks[1]} if mode == "appearance" else {}
+    model = run_node(nodes_.vca, model=sd15[0], memory_bank=banks[0], mode=VCA_MODE[mode],
+                     step_range="method's steps", start_step=0, end_step=1000, **replace, **vca_masks).result[0]
+    seen = []
+    model.set_model_attn1_patch(_PassSpy(seen))
+    sample(nodes_, model, banks, g, cond, uncond)
+    steps = plan.dragon_plan("D+", mode, STEPS)
+    denoise = [(i, active) for phase, i, batch, active in seen if phase == "denoise"]
+    expected = [(s.i, s.bank_attention) for s in steps for _ in range(s.repeats)]
+    assert denoise == expected
+    assert {s.i for s in steps if s.bank_attention} == (set(range(1, STEPS)) if mode == "move" else set(range(8)))
+    assert all(batch == 2 for phase, _, batch, _ in seen if phase == "denoise"), "uncond and cond in one batch"
+    others = [(phase, active) for phase, _, batch, active in seen if phase != "denoise"]
+    assert {phase for phase, _ in others} == {"estimate", "renoise"} and not any(active for _, active in others)
 
 
 def test_guidance_changes_the_output_when_on(nodes_, sd15, banks, cond, uncond, unguided):
-    g, _ = guidance_of(nodes_, "move")
+    g, _ = guidance_of(nodes_, "move", offset_x=0, offset_y=0)
     guided = sample(nodes_, sd15[0], banks, g, cond, uncond, schedule="D", sde_strength=0.0)
     assert torch.isfinite(guided).all()
-    assert (guided - unguided[1]).abs().max() > 1e-3
+    assert (guided - unguided[1]["D"]).abs().max() > 1e-3
 
 
 def test_gradient_reaches_z_through_the_real_truncated_estimator(nodes_, sd15, banks, cond):
     """The gated correction is finite and non-zero both inside the edit mask (E_edit) and outside it (E_con)."""
     bank = banks[0]
     g, _ = guidance_of(nodes_, "move")
-    runner = nodes_.host.UNetRunner(sd15[0], grad=True)
     step = plan.dragon_plan("D", "move", STEPS)[2]
-    with nodes_.host.grad_scope():
-        policy = DragonPolicy(g, runner.features_fn(features.DRAGON_TAP, cond[0][0].clone()),
-                              lambda t: bank.latent(t).clone(), runner.alphas_cumprod)
-        z = bank.latent(step.t).clone() + 0.1 * torch.randn(1, 4, *LATENT_HW)
-        correction = policy.guidance(step, z, torch.zeros_like(z))
+    torch.manual_seed(4)
+    z = bank.latent(step.t) + 0.1 * torch.randn(1, 4, *LATENT_HW)
+
+    def correction(passes):
+        policy = DragonPolicy(g.to(passes.device), lambda z_, t: passes.features(z_, t, DRAGON_TAP)[1],
+                              bank.latent, passes.alphas_cumprod)
+        return policy.guidance(step, z, torch.zeros_like(z))
+
+    correction = run_passes(sd15[0], correction, cond, grad=True)
     inside = g.gate[None, None].expand_as(correction)
     assert correction.shape == z.shape and torch.isfinite(correction).all()
     assert correction[inside].abs().sum() > 0 and correction[~inside].abs().sum() > 0
@@ -302,14 +357,18 @@ def test_an_offset_that_moves_the_object_wholly_out_is_refused(nodes_, mode):
 
 
 @pytest.mark.parametrize("mode", ["resize", "paste"])
-@pytest.mark.parametrize("scale", [0.0, -1.0])
-def test_a_scale_that_is_not_positive_is_refused(nodes_, mode, scale):
-    node = getattr(nodes_, mode)
-    message = rf"Energy Guidance \({mode}\): input 'scale' "
-    assert node.validate_inputs(scale=scale).startswith(f"DragEdit DragonDiffusion Energy Guidance ({mode}): input 'scale' is")
-    assert node.validate_inputs(scale=None) is True and node.validate_inputs(scale=0.5) is True
-    with pytest.raises(DragEditInputError, match=message + "must be a finite number > 0"):
+@pytest.mark.parametrize("scale", [0.0, -1.0, 11.0, float("nan")])
+def test_a_scale_out_of_its_range_is_refused(nodes_, mode, scale):
+    """Also for a linked value, which ComfyUI's queue-time range check never sees."""
+    with pytest.raises(DragEditInputError, match=rf"Energy Guidance \({mode}\): input 'scale' is (nan|-?[0-9.]+, "
+                                                 r"(below|above) its (minimum 0.05|maximum 10))\. Use a finite "
+                                                 r"number from 0.05 to 10"):
         guidance_of(nodes_, mode, scale=scale)
+
+
+def test_a_scale_that_shrinks_the_object_to_nothing_blames_the_scale(nodes_):
+    with pytest.raises(DragEditInputError, match=r"\(resize\): input 'scale' 0.05 shrinks the object to nothing"):
+        guidance_of(nodes_, "resize", mask=box((16, 24), (8, 16)), scale=0.05, offset_x=0)
 
 
 def test_two_images_of_different_sizes_are_refused(nodes_, sd15, banks, cond, uncond):
@@ -340,5 +399,30 @@ def test_mismatched_bank_features_and_schedule_are_refused(nodes_, sd15, banks, 
     with pytest.raises(DragEditInputError, match="input 'memory_bank' starts at t=701.*strength 1.0"):
         sample(nodes_, sd15[0], (partial, None), g, cond, uncond)
     with pytest.raises(DragEditInputError, match="input 'features' reads features at 0.5 x the image size"):
-        run_node(nodes_.sampler, model=sd15[0], memory_bank=banks[0], guidance=g, features=features.GOODDRAG_TAP,
+        run_node(nodes_.sampler, model=sd15[0], memory_bank=banks[0], guidance=g, features=features.gooddrag_tap(8, "SD 1.x"),
                  positive=cond, negative=uncond, **widget_defaults(nodes_.sampler))
+
+
+@pytest.mark.parametrize("name, value", [("cfg", float("nan")), ("sde_strength", float("nan")),
+                                         ("cfg", float("inf")), ("sde_strength", 1.5)])
+def test_a_non_finite_or_out_of_range_sampler_number_is_refused(nodes_, sd15, banks, cond, uncond, name, value):
+    """NaN passes ComfyUI's own range check (NaN < min is False); before, a NaN cfg gave an all-black image."""
+    g, _ = guidance_of(nodes_, "move")
+    with pytest.raises(DragEditInputError, match=rf"Guided Sampler: input '{name}' is (nan|inf|1.5, above)"):
+        sample(nodes_, sd15[0], banks, g, cond, uncond, **{name: value})
+
+
+def test_custom_feature_weights_reach_the_energies(nodes_, sd15, banks, cond, uncond):
+    """The Feature Extractor's custom weights replace the method's layer weights (before: no effect at all)."""
+    from comfyui_dragedit.nodes import features as features_node
+
+    g, _ = guidance_of(nodes_, "move", offset_x=16, offset_y=8)
+    custom = lambda weights: run_node(features_node.DragEditFeatureExtractor, model=sd15[0], preset="custom",  # noqa
+                                      blocks="5, 8", weights=weights, resize="nearest", scale=0.25).result[0]
+    official, tilted = custom("0.5, 0.5"), custom("0.1, 0.9")
+    assert official.weights == (0.5, 0.5) and tilted.weights == (0.1, 0.9)
+    runs = [run_node(nodes_.sampler, model=sd15[0], memory_bank=banks[0], guidance=g, features=tap, positive=cond,
+                     negative=uncond, **{**widget_defaults(nodes_.sampler), "schedule": "D"}).result[0]["samples"]
+            for tap in (DRAGON_TAP, official, tilted)]
+    torch.testing.assert_close(runs[1], runs[0], rtol=0, atol=0)   # move's own weights are 1/L = 0.5, 0.5
+    assert not torch.allclose(runs[2], runs[0], atol=1e-4)

@@ -12,7 +12,7 @@ from comfyui_dragedit.kernels import plan
 from comfyui_dragedit.nodes import host
 from comfyui_dragedit.nodes.errors import DragEditInputError
 from comfyui_dragedit.nodes.image_prompt import DragEditImagePrompt, DragEditImagePromptLoader
-from tests.support.comfy_inproc import run_node
+from tests.support.comfy_inproc import run_node, run_passes
 from tests.support.image_prompt_file import CodePayload, random_official_state_dict
 
 # SD 1.5's cross-attentions in the order of the official file (diffusers: down, up, mid), as ComfyUI names them;
@@ -151,20 +151,21 @@ def test_bad_clip_vision_and_batches_are_refused(ip_model, vit_h, tmp_path):
     assert err.input_name == "image" and "batch of 2" in str(err)
 
 
-@dataclasses.dataclass
-class _Run:
-    step: object
+def _run(step, phase=None):
+    run = host.Run()
+    run.step, run.phase = step, phase or (step.phase if step is not None else None)
+    return run
 
 
-def _patch_outputs(prompt, step):
+def _patch_outputs(prompt, run):
     """One layer's patch called as ComfyUI calls an attn2 replace, and the plain text attention."""
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(2, 16, 320, generator=g) for _ in range(3))
     w_k, w_v = prompt.layers[0]
     patch = host.ImagePromptPatch(prompt, w_k, w_v)
     extra = dict(n_heads=8, dim_head=40, cond_or_uncond=[1, 0])
-    if step is not None:
-        extra["dragedit"] = _Run(step)
+    if run is not None:
+        extra[host.RUN_KEY] = run
     return patch(q, k, v, extra), ip.attention(q, k, v, 8)
 
 
@@ -172,11 +173,11 @@ def test_the_patch_is_on_exactly_the_plans_image_prompt_steps(ip_model, vit_h):
     prompt = _prompt(ip_model, vit_h, _images(0))
     active = []
     for step in plan.dragon_plan("D+", "move", 50):
-        out, text_only = _patch_outputs(prompt, step)
+        out, text_only = _patch_outputs(prompt, _run(step))
         if not torch.allclose(out, text_only, atol=1e-6):
             active.append(step.i)
-        renoise = dataclasses.replace(step, phase="renoise")
-        assert torch.allclose(_patch_outputs(prompt, renoise)[0], text_only, atol=1e-6)
+        for phase in ("renoise", "invert", "estimate"):
+            assert torch.allclose(_patch_outputs(prompt, _run(step, phase))[0], text_only, atol=1e-6), phase
     assert active == list(range(10, 20))
     out, text_only = _patch_outputs(prompt, None)   # outside a DragEdit run (a stock sampler): off
     assert torch.allclose(out, text_only, atol=1e-6)
@@ -209,29 +210,32 @@ def _attn2(model, key):
     return layer.transformer_blocks[index].attn2
 
 
-def _run_recording(model, options, step, context):
-    """One CFG-batch UNet call at `step`; records each cross-attention's input n and output (after to_out)."""
+def _run_recording(model, step, cfg=True):
+    """One pass of the pack at `step` (CFG batch: positive and negative differ); records each cross-attention's
+    input n, its context and the batch order, and its output (after to_out)."""
     seen_in, seen_out = {}, {}
 
     def record_in(n, context_attn2, value_attn2, extra):
-        seen_in[(*extra["block"], extra["block_index"])] = (n.clone(), context_attn2.clone())
+        seen_in[host.layer_key(extra)] = (n.clone(), context_attn2.clone(), list(extra["cond_or_uncond"]))
         return n, context_attn2, value_attn2
 
     def record_out(n, extra):
-        seen_out[(*extra["block"], extra["block_index"])] = n.clone()
+        seen_out[host.layer_key(extra)] = n.clone()
         return n
 
-    options = dict(options)
-    patches = dict(options.get("patches", {}))
-    patches["attn2_patch"] = list(patches.get("attn2_patch", [])) + [record_in]
-    patches["attn2_output_patch"] = list(patches.get("attn2_output_patch", [])) + [record_out]
-    options["patches"] = patches
-    options["dragedit"] = _Run(step)
-    runner = host.UNetRunner(model)
-    z = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1))
-    with torch.inference_mode():
-        runner.denoise_call(z, step.t, context, options, [1, 0])
+    recording = model.clone()
+    recording.set_model_attn2_patch(record_in)
+    recording.set_model_attn2_output_patch(record_out)
+    g = torch.Generator().manual_seed(2)
+    positive, negative = ([[torch.randn(1, 77, 768, generator=g), {}]] for _ in range(2))
+    z = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    run_passes(recording, lambda passes: passes.eps(z.to(passes.device), step, cfg=cfg), positive, negative,
+               cfg=2.0)
     return seen_in, seen_out
+
+
+def _tokens(prompt_cond, prompt_uncond, order):
+    return torch.cat([prompt_cond if c == 0 else prompt_uncond for c in order])
 
 
 def _expected(attn2, n, context, heads, ip_tokens=None, w=None, scale=0.0):
@@ -252,18 +256,18 @@ def sd15_prompt(ip_model, vit_h):
 def test_every_cross_attention_gets_its_own_weights_times_the_scale(sd15_unet, sd15_prompt, official_file_sd):
     model, prompt = sd15_unet, sd15_prompt
     assert [key for key, _ in host.cross_attention_layers(model, "test")] == SD15_CROSS_ATTENTIONS
-    runner = host.UNetRunner(model)
-    options = host.with_image_prompt(runner.transformer_options(), model, prompt, "test")
-    context = torch.randn(2, 77, 768, generator=torch.Generator().manual_seed(2))
+    prompted = host.image_prompt_model(model, prompt, "test")
+    assert not model.model_options.get("transformer_options", {}).get("patches_replace")   # the input is kept
     on = next(s for s in plan.dragon_plan("D+", "move", 50) if s.image_prompt)
-    seen_in, seen_out = _run_recording(model, options, on, context)
-    tokens = torch.cat([prompt.uncond, prompt.cond])   # batch order [uncond, cond] = cond_or_uncond [1, 0]
+    seen_in, seen_out = _run_recording(prompted, on)
     assert set(seen_out) == set(SD15_CROSS_ATTENTIONS)
     for k, key in enumerate(SD15_CROSS_ATTENTIONS):
         file_weights = [official_file_sd["ip_adapter"][f"{2 * k + 1}.{name}.weight"].float()
                         for name in ("to_k_ip", "to_v_ip")]
         attn2 = _attn2(model, key)
-        n, ctx = seen_in[key]
+        n, ctx, order = seen_in[key]
+        assert sorted(order) == [0, 1]
+        tokens = _tokens(prompt.cond, prompt.uncond, order)
         expected = _expected(attn2, n, ctx, attn2.heads, tokens, file_weights, prompt.scale)
         without = _expected(attn2, n, ctx, attn2.heads)
         torch.testing.assert_close(seen_out[key], expected, rtol=1e-4, atol=1e-4, msg=str(key))
@@ -272,40 +276,35 @@ def test_every_cross_attention_gets_its_own_weights_times_the_scale(sd15_unet, s
 
 def test_no_term_off_the_image_prompt_steps_nor_in_the_renoise(sd15_unet, sd15_prompt):
     model, prompt = sd15_unet, sd15_prompt
-    runner = host.UNetRunner(model)
-    options = host.with_image_prompt(runner.transformer_options(), model, prompt, "test")
-    context = torch.randn(2, 77, 768, generator=torch.Generator().manual_seed(2))
+    prompted = host.image_prompt_model(model, prompt, "test")
     steps = plan.dragon_plan("D+", "move", 50)
     off = steps[9]
     renoise = dataclasses.replace(steps[12], phase="renoise")
     assert not off.image_prompt and steps[12].image_prompt
-    for step in (off, renoise):
-        seen_in, seen_out = _run_recording(model, options, step, context)
+    for step, cfg in ((off, True), (renoise, False)):
+        seen_in, seen_out = _run_recording(prompted, step, cfg)
         for key in SD15_CROSS_ATTENTIONS:
             attn2 = _attn2(model, key)
-            n, ctx = seen_in[key]
+            n, ctx, _ = seen_in[key]
             torch.testing.assert_close(seen_out[key], _expected(attn2, n, ctx, attn2.heads), rtol=1e-4, atol=1e-4)
 
 
 def test_faithful_two_image_mode_appends_the_base_tokens_to_the_text(sd15_unet, ip_model, vit_h):
-    model = sd15_unet
     prompt = run_node(DragEditImagePrompt, ip_adapter=ip_model, image=_images(0), image_replace=_images(1),
                       clip_vision=vit_h, scale=0.1, faithful_bugs=True).result[0]
-    runner = host.UNetRunner(model)
-    options = host.with_image_prompt(runner.transformer_options(), model, prompt, "test")
-    context = torch.randn(2, 77, 768, generator=torch.Generator().manual_seed(2))
+    prompted = host.image_prompt_model(sd15_unet, prompt, "test")
     off = plan.dragon_plan("D+", "paste", 50)[3]
-    seen_in, _ = _run_recording(model, options, off, context)
-    base_tokens = torch.cat(prompt.text_tokens[::-1])   # [uncond, cond]
-    for key in SD15_CROSS_ATTENTIONS:
-        _, ctx = seen_in[key]
-        assert ctx.shape == (2, 77 + 64, 768)
-        torch.testing.assert_close(ctx[:, 77:], base_tokens)
+    for step, cfg in ((off, True), (dataclasses.replace(off, phase="renoise"), False)):
+        seen_in, _ = _run_recording(prompted, step, cfg)
+        for key in SD15_CROSS_ATTENTIONS:
+            _, ctx, order = seen_in[key]
+            assert ctx.shape == (len(order), 77 + 64, 768)
+            torch.testing.assert_close(ctx[:, 77:], _tokens(*prompt.text_tokens, order))
 
 
 def test_a_model_without_sd15s_cross_attentions_is_refused(sd15, sd15_prompt):
     with pytest.raises(DragEditInputError) as err:
-        host.with_image_prompt({}, sd15[0], sd15_prompt, "test")
+        host.image_prompt_model(sd15[0], sd15_prompt, "test")
     assert err.value.input_name == "image_prompt" and "SD 1.5" in err.value.fix
 
 
@@ -320,3 +319,53 @@ def test_schemas_are_documented_everywhere(comfy_nodes):
     assert set(info["input"]["optional"]) == {"clip_vision", "image_replace"}
     assert info["input"]["required"]["scale"][1]["default"] == 0.1
     assert info["input"]["required"]["faithful_bugs"][1]["default"] is False
+
+
+def test_the_guided_sampler_injects_on_its_image_prompt_steps_only(sd15_unet, sd15_prompt, monkeypatch, comfy_nodes):
+    """A D+ move through the Guided Sampler with an image prompt: the term is computed in every cross-attention of
+    the denoise passes of the plan's image-prompt steps (10 <= i < 20 of 50, rescaled: 2, 3 of 10), and in no
+    estimator (guidance) or time-travel re-noise pass; scale 0 gives the sampler's result without the prompt."""
+    from comfyui_dragedit.kernels import features
+    from comfyui_dragedit.nodes import energy_guidance, guided_sampler, inversion
+
+    model = sd15_unet
+    no_text = [[torch.zeros(1, 77, 768), {}]]
+    latent = {"samples": torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(3)) * 0.8}
+    bank = run_node(inversion.DragEditDDIMInversion, model=model, latent=latent, positive=no_text, steps=10,
+                    strength=1.0, layers="none", bank_device="offload (CPU)").result[0]
+    mask = torch.zeros(1, 64, 64)
+    mask[:, 16:40, 8:32] = 1.0
+    guidance = run_node(energy_guidance.DragEditEnergyGuidanceMove, mask=mask, offset_x=8, offset_y=0, w_edit=4.0,
+                        w_content=6.0, w_contrast=0.2, w_inpaint=0.8, energy_scale=500.0,
+                        faithful_bugs=False).result[0]
+    passes_seen, terms = [], []
+    current = {}
+
+    def spy(n, context_attn2, value_attn2, extra):   # runs before each cross-attention's replace patch
+        run = extra[host.RUN_KEY]
+        current["pass"] = (run.phase, run.step.i if run.step is not None else None)
+        if not passes_seen or passes_seen[-1] != current["pass"]:
+            passes_seen.append(current["pass"])
+        return n, context_attn2, value_attn2
+
+    spied = model.clone()
+    spied.set_model_attn2_patch(spy)
+    term = ip.image_prompt_term
+    monkeypatch.setattr(ip, "image_prompt_term", lambda *a, **k: terms.append(current["pass"]) or term(*a, **k))
+
+    def edit(prompt):
+        return run_node(guided_sampler.DragEditGuidedSampler, model=spied, memory_bank=bank, guidance=guidance,
+                        features=features.dragon_tap((5, 8), "SD 1.x"), positive=no_text, negative=no_text, cfg=4.0,
+                        seed=0, schedule="D+", sde_strength=0.0, image_prompt=prompt).result[0]["samples"]
+
+    prompted = edit(sd15_prompt)
+    steps = plan.dragon_plan("D+", "move", 10)
+    ip_steps = [s.i for s in steps if s.image_prompt]
+    assert ip_steps == [2, 3]
+    assert {p for p in passes_seen if p[0] != "denoise"} >= {("estimate", None), ("renoise", 4)}
+    assert sorted(set(terms)) == [("denoise", i) for i in ip_steps]
+    assert all(terms.count(("denoise", i)) == 16 for i in ip_steps)   # one CFG batch, every cross-attention
+    silent = edit(dataclasses.replace(sd15_prompt, scale=0.0))
+    without = edit(None)
+    assert torch.allclose(silent, without, atol=1e-5)
+    assert (prompted - without).abs().max() > 1e-4

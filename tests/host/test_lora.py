@@ -8,10 +8,11 @@ import safetensors
 import torch
 
 from comfyui_dragedit.kernels import schedule
+from comfyui_dragedit.kernels.plan import PlanStep
 from comfyui_dragedit.nodes import demo_model, host
 from comfyui_dragedit.nodes.errors import DragEditInputError
 from comfyui_dragedit.nodes.lora import DragEditIdentityLoRA
-from tests.support.comfy_inproc import run_node
+from tests.support.comfy_inproc import run_node, run_passes
 from tools import scenes
 
 # The attention projections of an SD-1.x UNet as its state dict names them, independently of the pack's pattern.
@@ -24,10 +25,12 @@ def _widgets(**overrides):
     return {**dict(steps=2, rank=4, lr=5e-4, batch_size=2, seed=0), **overrides}
 
 
-def _eps(model, z, t, context):
-    runner = host.UNetRunner(model)
-    with torch.inference_mode():
-        return runner.denoise_call(z.to(runner.device), t, context, runner.transformer_options(), [0])
+def _eps(model, samples, t, positive):
+    """eps of the model at integer t on the LATENT samples' VP latent, through the pack's passes (cond only)."""
+    z = model.model.process_latent_in(samples.float())
+    step = PlanStep(i=0, t=t, t_prev=-1)
+    return run_passes(model, lambda passes: passes.eps(z.to(passes.device), step).cpu(), positive,
+                      latent_hw=tuple(samples.shape[-2:]))
 
 
 @pytest.fixture(scope="module")
@@ -43,15 +46,14 @@ def empty(encode_text):
 @pytest.fixture(scope="module")
 def fitted(sd15, latent, empty):
     model = sd15[0]
-    z = host.latent_to_z(model, latent, "test")
-    before = _eps(model, z, 501, empty[0][0])
+    before = _eps(model, latent["samples"], 501, empty)
     out = run_node(DragEditIdentityLoRA, model=model, latent=latent, positive=empty, **_widgets()).result[0]
-    return out, before, z
+    return out, before
 
 
 def test_lora_patches_every_attention_projection_of_a_clone(sd15, fitted):
     model = sd15[0]
-    lora_model, _, _ = fitted
+    lora_model, _ = fitted
     expected = {k for k in model.model.state_dict() if PROJECTION_KEY.match(k)}
     assert len(expected) == SD15_ATTENTION_LAYERS * 4
     assert set(lora_model.patches) == expected
@@ -64,18 +66,18 @@ def test_lora_patches_every_attention_projection_of_a_clone(sd15, fitted):
     assert lora_model is not model and not model.patches and not model.weight_wrapper_patches
 
 
-def test_input_model_is_unchanged_and_the_lora_model_differs(sd15, fitted, empty):
+def test_input_model_is_unchanged_and_the_lora_model_differs(sd15, fitted, latent, empty):
     model = sd15[0]
-    lora_model, before, z = fitted
-    after = _eps(model, z, 501, empty[0][0])
+    lora_model, before = fitted
+    after = _eps(model, latent["samples"], 501, empty)
     assert torch.equal(before, after)
-    with_lora = _eps(lora_model, z, 501, empty[0][0])
+    with_lora = _eps(lora_model, latent["samples"], 501, empty)
     assert torch.isfinite(with_lora).all()
     assert (with_lora - before).abs().max() > 1e-4
 
 
 def test_a_stock_ksampler_samples_with_the_lora(sd15, fitted, latent, empty, comfy_nodes):
-    lora_model, _, _ = fitted
+    lora_model, _ = fitted
 
     def sample(model):
         with torch.inference_mode():
@@ -110,21 +112,34 @@ def test_same_seed_same_lora_other_seed_another(demo, scene_latent):
     assert not all(torch.equal(a, b) for k in runs[0] for a, b in zip(runs[0][k], runs[2][k]))
 
 
-def _denoising_error(model, z0, draws=24):
+def test_a_batch_of_one_fits_with_the_text_in_the_graph(demo, scene_latent):
+    """batch 1 gives the UNet the conditioning as it is (no repeat): it must still be saved for backward."""
+    with torch.inference_mode():
+        text = demo[1].encode_from_tokens_scheduled(demo[1].tokenize("a red star"))
+    out = run_node(DragEditIdentityLoRA, model=demo[0], latent=scene_latent, positive=text,
+                   **_widgets(steps=1, batch_size=1)).result[0]
+    assert len(out.patches) == SD15_ATTENTION_LAYERS * 4
+
+
+def _denoising_error(model, samples, draws=24):
     """Mean epsilon MSE of the model on this latent over fixed noise and timesteps (the recipe's own loss)."""
-    runner = host.UNetRunner(model)
+    z0 = model.model.process_latent_in(samples.float())
+    alphas_cumprod = host.model_alphas_cumprod(model)
     g = torch.Generator().manual_seed(1234)
-    errors = []
-    for k in range(draws):
-        t = 50 + 40 * k
-        noise = torch.randn(z0.shape, generator=g)
-        ab = float(runner.alphas_cumprod[t])
-        z_t = ab ** 0.5 * z0 + (1 - ab) ** 0.5 * noise
-        with torch.inference_mode():
-            eps = runner.denoise_call(z_t.to(runner.device), t, torch.zeros(1, 77, 768), runner.transformer_options(),
-                                      [0])
-        errors.append(float((eps.cpu() - noise).pow(2).mean()))
-    return sum(errors) / len(errors)
+    cases = [(50 + 40 * k, torch.randn(z0.shape, generator=g)) for k in range(draws)]
+    no_text = [[torch.zeros(1, 77, 768), {}]]
+
+    def errors(passes):
+        out = []
+        for t, noise in cases:
+            ab = float(alphas_cumprod[t])
+            z_t = (ab ** 0.5 * z0 + (1 - ab) ** 0.5 * noise).to(passes.device)
+            eps = passes.eps(z_t, PlanStep(i=0, t=t, t_prev=-1)).cpu()
+            out.append(float((eps - noise).pow(2).mean()))
+        return out
+
+    values = run_passes(model, errors, no_text, latent_hw=tuple(samples.shape[-2:]))
+    return sum(values) / len(values)
 
 
 def test_the_paper_recipe_fits_its_image_on_the_demo_model(demo):
@@ -137,10 +152,8 @@ def test_the_paper_recipe_fits_its_image_on_the_demo_model(demo):
         latents = [{"samples": vae.encode(images[k:k + 1])} for k in range(4)]
     lora_model = run_node(DragEditIdentityLoRA, model=model, latent=latents[0], steps=70, rank=16, lr=5e-4,
                           batch_size=4, seed=0).result[0]
-    ratios = []
-    for latent in latents:
-        z0 = host.latent_to_z(model, latent, "test")
-        ratios.append(_denoising_error(lora_model, z0) / _denoising_error(model, z0))
+    ratios = [_denoising_error(lora_model, latent["samples"]) / _denoising_error(model, latent["samples"])
+              for latent in latents]
     assert ratios[0] < 0.96 and ratios[0] < min(ratios[1:]) - 0.03, ratios
 
 
@@ -234,9 +247,8 @@ def test_saved_lora_reloads_through_the_stock_loader_to_the_same_output(sd15, co
     assert err.value.input_name == "save_name" and folder_paths.get_filename_list("loras") == files
     reloaded = comfy_nodes.LoraLoaderModelOnly().load_lora_model_only(model, files[0], 1.0)[0]
     assert set(reloaded.patches) == set(trained.patches)
-    z = host.latent_to_z(model, latent, "test")
     t = schedule.ddim_timesteps(10)[3]
-    assert torch.equal(_eps(reloaded, z, t, empty[0][0]), _eps(trained, z, t, empty[0][0]))
+    assert torch.equal(_eps(reloaded, latent["samples"], t, empty), _eps(trained, latent["samples"], t, empty))
 
 
 def test_v_prediction_models_fit_their_own_target(sd15, latent, empty):
@@ -266,11 +278,8 @@ def test_bad_inputs_name_the_node_the_input_and_the_fix(sd15, latent, empty):
     err = _error(model=model, latent=batch, **_widgets())
     assert err.input_name == "latent" and "batch of 2" in str(err) and "GoodDrag" in err.node
     for name in ("steps", "rank", "batch_size"):
-        message = DragEditIdentityLoRA.validate_inputs(**{name: 0})
-        assert isinstance(message, str) and f"input '{name}' is 0" in message, message
         err = _error(model=model, latent=latent, **_widgets(**{name: 0}))
-        assert err.input_name == name and "at least 1" in err.fix
-    assert DragEditIdentityLoRA.validate_inputs(steps=70, rank=16, lr=5e-4, batch_size=4) is True
+        assert err.input_name == name and "is 0, below its minimum 1" in str(err) and err.fix.startswith("Use")
     assert _error(model=model, **_widgets()).input_name == "latent"
     image = torch.zeros(1, 64, 64, 3)
     assert _error(model=model, image=image, **_widgets()).input_name == "vae"

@@ -46,3 +46,18 @@ def run_node(node_cls, unique_id="1", **inputs):
     with torch.inference_mode():
         out = clone.execute(**inputs)
     return out
+
+
+def run_passes(model, fn, positive, negative=None, cfg=1.0, latent_hw=(8, 8), attn1=(), grad=False):
+    """fn(passes) inside one host.sample run on `model` (as a node would, under inference_mode); returns its value."""
+    from comfyui_dragedit.nodes import host
+
+    result = {}
+
+    def loop(passes, z0):
+        result["value"] = fn(passes)
+        return z0
+
+    with torch.inference_mode():
+        host.sample(model, loop, torch.zeros(1, 4, *latent_hw), positive, negative, cfg=cfg, attn1=attn1, grad=grad)
+    return result["value"]

@@ -33,7 +33,7 @@ class StubUNet:
     def _eps(self, z, source, t):
         return F.conv2d(z, self.w_eps, padding=1) + F.conv2d(torch.tanh(source), self.w_bank) + 0.01 * t / 1000
 
-    def forward(self, z, t):
+    def forward(self, z, t, need_eps=True):
         self.forward_ts.append(t)
         h = torch.tanh(F.conv2d(z, self.w_feat, padding=1) * (1 + t / 1000))
         return self._eps(z, z, t), [F.interpolate(h, size=self.sup, mode="bilinear", align_corners=False)]
@@ -111,7 +111,7 @@ class BlobStub:
         k = torch.exp(-x ** 2 / 4.5)
         self.kernel = (k[:, None] * k[None, :] / k.sum() ** 2)[None, None].expand(4, 1, 9, 9)
 
-    def forward(self, z, t):
+    def forward(self, z, t, need_eps=True):
         up = F.interpolate(z, size=(64, 64), mode="bilinear", align_corners=False)
         return self.eps(z, t), [F.conv2d(F.pad(up, (4, 4, 4, 4), mode="replicate"), self.kernel, groups=4)]
 
@@ -131,7 +131,7 @@ def test_gooddrag_descends_and_reaches_the_target_on_a_smooth_stub(timing):
     # the blob sits at sup (34, 22) = image (44, 68) of 128x128; the target is 24 sup px to the right
     policy = AlDDPolicy(stub.forward, plan, ALPHAS, _xy([44, 68]), _xy([92, 68]), (128, 128), settings=settings,
                         motion=GOODDRAG.motion, tracker=GOODDRAG.tracker,
-                        callback=lambda info: losses.append(float(info["loss"])))
+                        callback=lambda info: losses.append(float(info["loss"])) if info["active"] else None)
     with torch.enable_grad():
         ddim.denoise(lambda zz, step: stub.eps(zz, step.t), torch.cat([z, z]), plan, ALPHAS, policy)
     assert policy.stop_reason == "reached" and policy.grad_steps < policy.total
@@ -147,7 +147,7 @@ def test_early_stop_counts_unmoved_trackings_across_timesteps():
     fixed = torch.randn(1, 6, 32, 32, generator=torch.Generator().manual_seed(3), dtype=F64)
     unet = StubUNet()
 
-    def frozen_features(z, t):  # a map constant in time and in z: the tracker never moves
+    def frozen_features(z, t, need_eps=True):  # a map constant in time and in z: the tracker never moves
         eps, _ = unet.forward(z, t)
         return eps, [fixed + 0 * F.interpolate(z[:, :1], size=(32, 32))]
 
@@ -328,6 +328,7 @@ def test_drags_touch_only_the_edit_item():
     unet = StubUNet()
     policy = AlDDPolicy(unet.forward, settings.plan(50), ALPHAS, handles, targets, IMAGE, settings=settings)
     step = settings.plan(50)[0]
+    policy.start(settings.plan(50), torch.cat([z, z]))
     with torch.enable_grad():
         moved = policy.before_step(step, torch.cat([z, z]))
     assert torch.equal(moved[0], z[0]) and not torch.equal(moved[1], z[0])
@@ -384,6 +385,7 @@ def test_batch_must_be_source_and_edit():
 def test_features_must_be_at_supervision_resolution():
     unet = StubUNet(sup=(16, 16))
     policy = _policy(forward_fn=unet.forward)
+    policy.start(GOODDRAG.settings.plan(50), torch.cat([_latent(), _latent()]))
     with pytest.raises(ValueError, match="sup"):
         policy.before_step(GOODDRAG.settings.plan(50)[0], torch.cat([_latent(), _latent()]))
 
@@ -400,29 +402,52 @@ def test_presets_match_the_spec_tables():
     assert plan[0].t == 681 and plan[0].drag and all(s.bank_attention for s in plan)
 
 
-def test_a_grad_scaler_drives_backward_and_step():
-    class CountingScaler:  # the torch.amp.GradScaler interface the policy uses, with scale 1
-        def __init__(self):
-            self.calls = []
+def test_masked_adam_is_torch_adam_until_the_gate_closes():
+    z0 = _latent()
+    grads = [torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(k), dtype=F64) for k in range(5)]
+    leaf = z0.clone().requires_grad_(True)
+    reference = torch.optim.Adam([leaf], lr=0.02)
+    adam, z = aldd.MaskedAdam(z0, 0.02), z0.clone()
+    for grad in grads[:3]:
+        leaf.grad = grad.clone()
+        reference.step()
+        z = adam.step(z, grad, torch.tensor(True))
+        assert torch.equal(z, leaf.detach())
+    frozen = adam.step(z, grads[3], torch.tensor(False))
+    assert torch.equal(frozen, z)
+    skipped = adam.step(z, torch.full_like(z, float("nan")), torch.tensor(True))
+    assert torch.equal(skipped, z), "a non-finite gradient leaves the latent and the moments alone"
 
-        def scale(self, loss):
-            self.calls.append("scale")
-            return loss
 
-        def step(self, optimizer):
-            self.calls.append("step")
-            optimizer.step()
+def test_loss_scaling_gives_the_unscaled_steps_and_backs_off_on_overflow():
+    z0, grad = _latent(), torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(7), dtype=F64)
+    plain, scaled = aldd.MaskedAdam(z0, 0.02), aldd.MaskedAdam(z0, 0.02, loss_scaling=True)
+    assert float(scaled.scale) == 2.0 ** 16
+    torch.testing.assert_close(scaled.step(z0, grad * scaled.scale, torch.tensor(True)),
+                               plain.step(z0, grad, torch.tensor(True)), rtol=1e-12, atol=1e-12)
+    scaled.step(z0, torch.full_like(z0, float("inf")), torch.tensor(True))
+    assert float(scaled.scale) == 2.0 ** 15
 
-        def update(self):
-            self.calls.append("update")
 
-    settings = dataclasses.replace(GOODDRAG.settings, drag_steps=1, drags_per_step=2)
-    handles, targets = _xy([12, 14]), _xy([40, 20])
-    plain, _, _ = _run(settings, GOODDRAG.motion, GOODDRAG.tracker, handles, targets)
-    scaler, unet, z = CountingScaler(), StubUNet(), _latent()
+def test_the_no_change_limit_at_a_chunks_last_tracking_ends_dragging_before_the_next_timestep():
+    """GD pipeline.py:L695-704: the next timestep is neither dragged nor without MasaCtrl (no extra forward)."""
+    fixed = torch.randn(1, 6, 32, 32, generator=torch.Generator().manual_seed(3), dtype=F64)
+    unet = StubUNet()
+    seen = []
+
+    def frozen_features(z, t, need_eps=True):
+        seen.append(t)
+        eps, _ = unet.forward(z, t)
+        return eps, [fixed + 0 * F.interpolate(z[:, :1], size=(32, 32))]
+
+    settings = dataclasses.replace(GOODDRAG.settings, drag_steps=3, drags_per_step=3, grad_steps_per_drag=1,
+                                   max_no_change=3)
     plan = settings.plan(50)
-    policy = AlDDPolicy(unet.forward, plan, ALPHAS, handles, targets, IMAGE, settings=settings, grad_scaler=scaler)
+    policy = AlDDPolicy(frozen_features, plan, ALPHAS, _xy([10, 10]), _xy([50, 50]), IMAGE, settings=settings,
+                        motion=GOODDRAG.motion, tracker=GOODDRAG.tracker)
+    z = _latent()
     with torch.enable_grad():
-        scaled = ddim.denoise(unet.eps_fn, torch.cat([z, z]), plan, ALPHAS, policy)
-    assert scaler.calls == ["scale", "step", "update"] * 6
-    assert torch.equal(scaled, plain)
+        ddim.denoise(unet.eps_fn, torch.cat([z, z]), plan, ALPHAS, policy)
+    assert policy.stop_reason == "no_change" and policy.trackings == 3 and policy.grad_steps == 3
+    assert set(seen) == {741}, "no forward at the next timestep"
+    assert [s.bank_attention for s in unet.steps[:3]] == [False, True, True]

@@ -406,3 +406,15 @@ def test_paste_copies_from_the_replace_noise_and_appearance_keeps_z():
         E.copy_noise(g, torch.zeros(1, 4, 8, 8), torch.zeros(1, 4, 8, 8))
     a = E.appearance(image_mask(), image_mask(), LATENT)
     assert torch.equal(E.copy_noise(a, z_base), z_base)
+
+
+def test_moves_raw_cosine_pull_terms_are_floored_so_the_energy_never_flips_sign():
+    """Anti-aligned features (raw cos -1 < RAW_COS_FLOOR) give w / (1 + 4 * -0.2) = 5 w, not w / (1 - 4) = -w / 3:
+    without the floor the pull term would reward pushing the object further away."""
+    g = E.move(image_mask(), (16, 8), LATENT, weights=E.EnergyWeights(4.0, 0.0), layer_weights=(1.0, 0.0))
+    ref = [torch.ones(1, 3, 16, 24, dtype=torch.float64), torch.ones(1, 3, 16, 24, dtype=torch.float64)]
+    cur = [-r for r in ref]
+    e_edit, e_con = E.energies(g, cur, ref)
+    assert E.RAW_COS_FLOOR == -0.2
+    assert float(e_edit) == pytest.approx(4.0 / (1 + 4 * E.RAW_COS_FLOOR)) == pytest.approx(20.0)
+    assert not e_con.requires_grad

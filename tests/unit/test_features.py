@@ -30,22 +30,27 @@ def run_decoder(recorder):
     return ran, outputs
 
 
+DRAGON_TAP = features.dragon_tap((5, 8), "SD 1.x")
+GOODDRAG_TAP = features.gooddrag_tap(8, "SD 1.x")
+
+
 def test_presets():
-    assert features.DRAGON_TAP.blocks == (5, 8) and features.DRAGON_TAP.modes == ("nearest", "nearest")
-    assert features.DRAGON_TAP.weights == (0.5, 0.5)
-    assert features.DRAGON_TAP.target_size((768, 768)) == (192, 192)
-    assert features.GOODDRAG_TAP.blocks == (8,) and features.GOODDRAG_TAP.modes == ("bilinear",)
-    assert features.GOODDRAG_TAP.target_size((512, 512)) == (256, 256)
-    assert features.GOODDRAG_TAP.target_size((512, 768)) == (256, 384)
+    assert DRAGON_TAP.blocks == (5, 8) and DRAGON_TAP.modes == ("nearest", "nearest")
+    assert DRAGON_TAP.weights is None, "the method's own layer weights (dragondiffusion.md §2)"
+    assert DRAGON_TAP.target_size((768, 768)) == (192, 192) and DRAGON_TAP.family == "SD 1.x"
+    assert GOODDRAG_TAP.blocks == (8,) and GOODDRAG_TAP.modes == ("bilinear",)
+    assert GOODDRAG_TAP.target_size((512, 512)) == (256, 256)
+    assert GOODDRAG_TAP.target_size((512, 768)) == (256, 384)
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(blocks=(11,)), "block 11"),
-    (dict(blocks=(-1,)), "block -1"),
+    (dict(blocks=(-1,)), "block numbers >= 0"),
     (dict(blocks=()), "empty"),
     (dict(blocks=(8, 8)), "duplicates"),
     (dict(modes=("bicubic",)), "bicubic"),
-    (dict(weights=(1.0, 2.0)), "one entry per block"),
+    (dict(weights=(1.0, 2.0)), "one weight per block"),
+    (dict(weights=(float("inf"),)), "finite"),
+    (dict(modes=("nearest", "nearest")), "one entry per block"),
     (dict(scale=0.0), "scale"),
 ])
 def test_tap_validation(kwargs, match):
@@ -55,7 +60,7 @@ def test_tap_validation(kwargs, match):
 
 
 def test_recorder_captures_block_outputs_and_truncates():
-    recorder = features.FeatureRecorder(features.DRAGON_TAP, (H, W))
+    recorder = features.FeatureRecorder(DRAGON_TAP, (H, W))
     ran, outputs = run_decoder(recorder)
     assert ran == list(range(9))           # block 8's output arrives before block 9, which never runs
     f0, f1 = recorder.features()
@@ -66,7 +71,7 @@ def test_recorder_captures_block_outputs_and_truncates():
 
 
 def test_recorder_without_truncation_runs_everything():
-    recorder = features.FeatureRecorder(features.GOODDRAG_TAP, (H, W), truncate=False)
+    recorder = features.FeatureRecorder(GOODDRAG_TAP, (H, W), truncate=False)
     ran, outputs = run_decoder(recorder)
     assert ran == list(range(12))
     (f,) = recorder.features()
@@ -75,7 +80,7 @@ def test_recorder_without_truncation_runs_everything():
 
 
 def test_recorder_reports_missing_taps():
-    recorder = features.FeatureRecorder(features.DRAGON_TAP, (H, W))
+    recorder = features.FeatureRecorder(DRAGON_TAP, (H, W))
     recorder.observe(6, torch.zeros(1, 1, 2, 2))
     assert not recorder.complete
     with pytest.raises(ValueError, match=r"\[8\]"):
@@ -83,7 +88,7 @@ def test_recorder_reports_missing_taps():
 
 
 def test_recorder_keeps_the_graph():
-    recorder = features.FeatureRecorder(features.GOODDRAG_TAP, (16, 16))
+    recorder = features.FeatureRecorder(GOODDRAG_TAP, (16, 16))
     h = torch.ones(1, 2, 4, 4, requires_grad=True)
     with pytest.raises(features.StopForward):
         recorder.observe(9, h * 3)

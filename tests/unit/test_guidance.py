@@ -204,6 +204,7 @@ def test_sde_step_equals_the_ode_step_outside_the_mask():
     step = step_at(13, sde_eta=0.4)
     z, eps = latent(5), latent(6)
     a_t, a_prev = alpha_bar_at(AC, step.t), alpha_bar_at(AC, step.t_prev)
+    pol.start([step], z)
     sigma = pol.sde_sigma(step, z)
     assert sigma.shape == (1, 1, *LATENT)
     sde, _ = ddim_step(z, eps, a_t, a_prev, sigma=sigma, noise=pol.noise(step, z))
@@ -214,13 +215,18 @@ def test_sde_step_equals_the_ode_step_outside_the_mask():
     assert torch.equal(g.sde_mask, M.down(g.masks["cur"] | g.masks["org"], LATENT))
 
 
-def test_sde_noise_is_deterministic_per_seed():
+def test_sde_noise_is_deterministic_per_seed_and_drawn_before_the_loop():
     z, step = latent(5), step_at(13, sde_eta=0.4)
     a, b, c = (policy(BUILDERS["drag"](None), seed=s) for s in (7, 7, 8))
+    for pol in (a, b, c):
+        pol.start([step] * 3, z)
     first = [a.noise(step, z) for _ in range(3)]
     assert all(torch.equal(x, b.noise(step, z)) for x in first)
     assert not torch.equal(first[0], first[1]) and not torch.equal(first[0], c.noise(step, z))
     assert first[0].dtype == z.dtype
+    generator = torch.Generator().manual_seed(7)
+    assert torch.equal(first[1], [torch.randn(z.shape, generator=generator, dtype=torch.float32) for _ in range(2)][1]
+                       .to(z.dtype)), "the seeded CPU generator's numbers, in order"
 
 
 def test_full_runs_are_reproducible_and_seed_free_without_sde():
@@ -240,5 +246,51 @@ def test_full_runs_are_reproducible_and_seed_free_without_sde():
 def test_sde_outside_strength_applies_with_the_plans_steps():
     g = BUILDERS["appearance"](None)
     pol = policy(g, sde_strength_outside=0.2)
+    pol.start([step_at(15, sde_eta=0.4)], latent(5))
     sigma = pol.sde_sigma(step_at(15, sde_eta=0.4), latent(5))[0, 0]
     assert float(sigma[g.sde_mask].min()) == pytest.approx(2 * float(sigma[~g.sde_mask].max()))
+
+
+# ------------------------------------------------------------------------------ references at the step's own t
+
+@pytest.mark.parametrize("mode", ["move", "paste"])
+def test_reference_features_are_read_at_the_steps_t_from_the_banks_latent_at_t(mode):
+    """The estimator's reference is F(z_t^ref, t), the bank's latent and the step's t (dragondiffusion.md §2):
+    a t-dependent extractor and a bank whose latent differs per t catch a reference taken at t_prev."""
+    calls = []
+
+    def spy(z, t):
+        calls.append((t, float(z.flatten()[0]), z.requires_grad))
+        return FEATS(z, t)
+
+    bank = {t: latent(100 + k) for k, t in enumerate(TS)}
+    g = BUILDERS[mode](None)
+    two = mode == "paste"
+    pol = G.DragonPolicy(g, spy, bank.__getitem__, AC, source=(lambda t: bank[t] * 0.5) if two else None)
+    step = step_at(7)
+    pol.guidance(step, latent(3).requires_grad_(False), latent(4))
+    references = [(t, first) for t, first, grad in calls if not grad]
+    assert references[0] == (step.t, float(bank[step.t].flatten()[0]))
+    if two:
+        assert references[1] == (step.t, float(bank[step.t].flatten()[0] * 0.5))
+    assert [t for t, _, grad in calls if grad] == [step.t], "the current features at the step's t, with graph"
+    calls.clear()
+    pol.guidance(step, latent(5), latent(4))   # a time-travel repeat reuses the references of the same t
+    assert all(grad for _, _, grad in calls)
+
+
+@pytest.mark.parametrize("mode", ["move", "paste", "drag"])
+def test_one_batched_backward_gives_both_gated_gradients_exactly(mode):
+    """correction() takes both energies' gradients in one backward; the oracle takes them one at a time."""
+    g = BUILDERS[mode](None)
+    ref, src = FEATS(latent(1), 501), FEATS(latent(2), 501)
+    z = latent(3).requires_grad_(True)
+    e_edit, e_con = E.energies(g, FEATS(z, 501), ref, src if mode == "paste" else None)
+    assert e_edit.requires_grad and e_con.requires_grad
+    got = G.correction(z, e_edit, e_con, g.gate, g.eta, g.energy_scale)
+    z2 = latent(3).requires_grad_(True)
+    e_edit2, e_con2 = E.energies(g, FEATS(z2, 501), ref, src if mode == "paste" else None)
+    g_edit, = torch.autograd.grad(g.energy_scale * e_edit2, z2, retain_graph=True)
+    g_con, = torch.autograd.grad(g.energy_scale * e_con2, z2)
+    m = g.gate.to(z.dtype)[None, None]
+    torch.testing.assert_close(got, g.eta * (m * g_edit + (1 - m) * g_con), rtol=1e-12, atol=1e-12)
