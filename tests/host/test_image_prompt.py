@@ -321,23 +321,53 @@ def test_schemas_are_documented_everywhere(comfy_nodes):
     assert info["input"]["required"]["faithful_bugs"][1]["default"] is False
 
 
-def test_the_guided_sampler_injects_on_its_image_prompt_steps_only(sd15_unet, sd15_prompt, monkeypatch, comfy_nodes):
-    """A D+ move through the Guided Sampler with an image prompt: the term is computed in every cross-attention of
-    the denoise passes of the plan's image-prompt steps (10 <= i < 20 of 50, rescaled: 2, 3 of 10), and in no
-    estimator (guidance) or time-travel re-noise pass."""
-    from comfyui_dragedit.kernels import features
-    from comfyui_dragedit.nodes import energy_guidance, guided_sampler, inversion
+NO_TEXT = [[torch.zeros(1, 77, 768), {}]]
 
-    model = sd15_unet
-    no_text = [[torch.zeros(1, 77, 768), {}]]
+
+@pytest.fixture(scope="module")
+def sd15_edit(sd15_unet):
+    """A 10-step inversion of an 8x8 latent on the SD-1.5-width UNet and two edits of it (move, paste)."""
+    from comfyui_dragedit.nodes import energy_guidance, inversion
+
     latent = {"samples": torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(3)) * 0.8}
-    bank = run_node(inversion.DragEditDDIMInversion, model=model, latent=latent, positive=no_text, steps=10,
+    bank = run_node(inversion.DragEditDDIMInversion, model=sd15_unet, latent=latent, positive=NO_TEXT, steps=10,
                     strength=1.0, layers="none", bank_device="offload (CPU)").result[0]
     mask = torch.zeros(1, 64, 64)
     mask[:, 16:40, 8:32] = 1.0
-    guidance = run_node(energy_guidance.DragEditEnergyGuidanceMove, mask=mask, offset_x=8, offset_y=0, w_edit=4.0,
-                        w_content=6.0, w_contrast=0.2, w_inpaint=0.8, energy_scale=500.0,
-                        faithful_bugs=False).result[0]
+    move = run_node(energy_guidance.DragEditEnergyGuidanceMove, mask=mask, offset_x=8, offset_y=0, w_edit=4.0,
+                    w_content=6.0, w_contrast=0.2, w_inpaint=0.8, energy_scale=500.0, faithful_bugs=False).result[0]
+    paste = run_node(energy_guidance.DragEditEnergyGuidancePaste, mask=mask, offset_x=8, offset_y=0, scale=1.0,
+                     w_edit=4.0, w_content=6.0, energy_scale=500.0, faithful_bugs=False).result[0]
+    return dict(bank=bank, move=move, paste=paste)
+
+
+def _sampler(model, bank, guidance, prompt, **extra):
+    from comfyui_dragedit.kernels import features
+    from comfyui_dragedit.nodes import guided_sampler
+
+    return run_node(guided_sampler.DragEditGuidedSampler, model=model, memory_bank=bank, guidance=guidance,
+                    features=features.dragon_tap((5, 8), "SD 1.x"), positive=NO_TEXT, negative=NO_TEXT, cfg=4.0,
+                    seed=0, schedule="D+", sde_strength=0.0, image_prompt=prompt, **extra).result[0]["samples"]
+
+
+def test_the_sampler_wants_the_modes_images(sd15_unet, sd15_edit, sd15_prompt, ip_model, vit_h):
+    two = run_node(DragEditImagePrompt, ip_adapter=ip_model, image=_images(0), image_replace=_images(1),
+                   clip_vision=vit_h, scale=0.1, faithful_bugs=False).result[0]
+    bank = sd15_edit["bank"]
+    with pytest.raises(DragEditInputError) as err:
+        _sampler(sd15_unet, bank, sd15_edit["move"], two)
+    assert err.value.input_name == "image_prompt" and "Disconnect image_replace" in err.value.fix
+    with pytest.raises(DragEditInputError) as err:
+        _sampler(sd15_unet, bank, sd15_edit["paste"], sd15_prompt, memory_bank_replace=bank)
+    assert err.value.input_name == "image_prompt" and "image_replace" in err.value.fix
+
+
+def test_the_guided_sampler_injects_on_its_image_prompt_steps_only(sd15_unet, sd15_edit, sd15_prompt, monkeypatch):
+    """A D+ move through the Guided Sampler with an image prompt: the term is computed in every cross-attention of
+    the denoise passes of the plan's image-prompt steps (10 <= i < 20 of 50, rescaled: 2, 3 of 10), and in no
+    estimator (guidance) or time-travel re-noise pass."""
+    model = sd15_unet
+    bank, guidance = sd15_edit["bank"], sd15_edit["move"]
     passes_seen, terms = [], []
     current = {}
 
@@ -353,12 +383,7 @@ def test_the_guided_sampler_injects_on_its_image_prompt_steps_only(sd15_unet, sd
     term = ip.image_prompt_term
     monkeypatch.setattr(ip, "image_prompt_term", lambda *a, **k: terms.append(current["pass"]) or term(*a, **k))
 
-    def edit(prompt):
-        return run_node(guided_sampler.DragEditGuidedSampler, model=spied, memory_bank=bank, guidance=guidance,
-                        features=features.dragon_tap((5, 8), "SD 1.x"), positive=no_text, negative=no_text, cfg=4.0,
-                        seed=0, schedule="D+", sde_strength=0.0, image_prompt=prompt).result[0]["samples"]
-
-    assert torch.isfinite(edit(sd15_prompt)).all()
+    assert torch.isfinite(_sampler(spied, bank, guidance, sd15_prompt)).all()
     steps = plan.dragon_plan("D+", "move", 10)
     ip_steps = [s.i for s in steps if s.image_prompt]
     assert ip_steps == [2, 3]
