@@ -1,11 +1,11 @@
 """The pack's ComfyUI nodes (V3 schema). Each module lists its node classes in `NODES`."""
 from comfy_api.latest import ComfyExtension, io
 
-from . import (aldd, cross_attention, demo_model, energy_guidance, features, guided_sampler, inversion, motion, points,
-               resolution, tracker)
+from . import (aldd, cross_attention, demo_model, energy_guidance, features, guided_sampler, image_prompt, inversion,
+               lora, motion, points, resolution, tracker)
 
-_MODULES = (demo_model, resolution, inversion, features, cross_attention, points, motion, tracker, aldd,
-            energy_guidance, guided_sampler)
+_MODULES = (demo_model, resolution, lora, inversion, features, cross_attention, points, motion, tracker, aldd,
+            energy_guidance, image_prompt, guided_sampler)
 
 
 class DragEditExtension(ComfyExtension):

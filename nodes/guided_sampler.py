@@ -61,6 +61,20 @@ def _check_inputs(model, memory_bank, memory_bank_replace, guidance, features):
                                  "Use the DragonDiffusion preset of the Drag Feature Extractor (image / 4)")
 
 
+def _with_image_prompt(model, prompt, mode):
+    """The MODEL with the image prompt's patches; its images must be the mode's: the edited image alone (move,
+    resize, drag) or with the second image, whose tokens are the prompt (appearance, paste)."""
+    if mode in TWO_IMAGE_MODES and not prompt.two_images:
+        raise DragEditInputError(NAME, "image_prompt", f"was made from one image, but the {mode} edit is prompted "
+                                 "with the second image", "Connect the second image to DiffEditor Image Prompt's "
+                                 "image_replace")
+    if mode not in TWO_IMAGE_MODES and prompt.two_images:
+        raise DragEditInputError(NAME, "image_prompt", f"was made with a second image, but the {mode} edit is "
+                                 "prompted with the edited image", "Disconnect image_replace on DiffEditor Image "
+                                 "Prompt")
+    return host.image_prompt_model(model, prompt, NAME)
+
+
 class DragEditGuidedSampler(DragEditNode):
     @classmethod
     def define_schema(cls):
@@ -72,9 +86,9 @@ class DragEditGuidedSampler(DragEditNode):
                         "guidance at every step of the first 30 of 50) or DiffEditor ('D+', fewer guided steps, "
                         "time travel and a regional SDE inside the edit). The gradient of the energy enters the "
                         "x0 estimate only, gated by the edit mask. The object's starting noise is copied to its "
-                        "target first. The steps are the memory bank's (invert with strength 1.0). DiffEditor's "
-                        "image prompt (IP-Adapter) is not implemented: sampling runs without it, like the official "
-                        "code at ip_scale 0.",
+                        "target first. The steps are the memory bank's (invert with strength 1.0). With an "
+                        "image_prompt (DiffEditor's IP-Adapter variant), its tokens enter every cross-attention at "
+                        "steps 10-19 of 50; without one, sampling runs as the official code at ip_scale 0.",
             inputs=[
                 io.Model.Input("model", tooltip="The model, normally Visual Cross-Attention's patched clone (its "
                                                 "bank steps: move/drag from step 5, appearance/paste to step 35 "
@@ -105,6 +119,11 @@ class DragEditGuidedSampler(DragEditNode):
                 types.MemoryBank.Input("memory_bank_replace", optional=True,
                                        tooltip="Appearance and paste: DDIM Inversion of the second image (same "
                                                "model, steps and size)."),
+                types.ImagePrompt.Input("image_prompt", optional=True,
+                                        tooltip="DiffEditor's image prompt (DiffEditor Image Prompt node; SD 1.5 "
+                                                "only): added to every cross-attention at steps 10-19 of 50 (scaled "
+                                                "with the bank's steps), never in the estimator or time travel's "
+                                                "re-noise. Not connected: no image prompt (DragonDiffusion)."),
             ],
             outputs=[io.Latent.Output("edited_latent", display_name="latent",
                                       tooltip="The edited latent, for VAE Decode.")],
@@ -113,10 +132,12 @@ class DragEditGuidedSampler(DragEditNode):
 
     @classmethod
     def execute(cls, model, memory_bank, guidance, features, positive, negative, cfg, seed, schedule, sde_strength,
-                memory_bank_replace=None) -> io.NodeOutput:
+                memory_bank_replace=None, image_prompt=None) -> io.NodeOutput:
         _check_inputs(model, memory_bank, memory_bank_replace, guidance, features)
-        positive = host.conditioning(positive, NAME, "positive")
-        negative = host.conditioning(negative, NAME, "negative")
+        if image_prompt is not None:
+            model = _with_image_prompt(model, image_prompt, guidance.mode)
+        positive = host.conditioning(positive, model, NAME, "positive")
+        negative = host.conditioning(negative, model, NAME, "negative")
         steps = plan.dragon_plan(schedule, guidance.mode, len(memory_bank.timesteps), sde_strength,
                                  guidance=guidance.energy_scale != 0,
                                  num_train_timesteps=len(memory_bank.alphas_cumprod))

@@ -469,11 +469,20 @@ def bank_device(model, nbytes: int):
 
 # ------------------------------------------------------------------------------------------------ inputs and outputs
 
-def conditioning(cond, node: str, input_name: str):
-    """A CONDITIONING checked for content: the list ComfyUI's samplers take."""
+def conditioning(cond, model, node: str, input_name: str):
+    """A CONDITIONING checked for content: the list ComfyUI's samplers take, with text encodings as wide as the
+    model's cross-attention reads (the live module's width): an SD-1.x CLIP's on an SD 2.x or SDXL model is refused
+    here, not in a matrix product deep in the first pass."""
     if not isinstance(cond, list) or not cond or not isinstance(cond[0], (list, tuple)) or \
             not isinstance(cond[0][0], torch.Tensor):
         raise DragEditInputError(node, input_name, "holds no conditioning", "Connect a CLIP Text Encode output")
+    attn2 = next((m.attn2 for m in model.model.diffusion_model.modules() if hasattr(m, "attn2")), None)
+    wanted = None if attn2 is None else attn2.to_k.in_features
+    for tensor, _ in cond:
+        if wanted is not None and tensor.shape[-1] != wanted:
+            raise DragEditInputError(node, input_name, f"is a {tensor.shape[-1]}-wide text encoding; this model's "
+                                     f"cross-attention reads {wanted}-wide ones",
+                                     "Encode the prompt with the CLIP of the checkpoint this MODEL comes from")
     return cond
 
 
@@ -578,3 +587,366 @@ def load_demo_model(path):
         for param in clip.cond_stage_model.parameters():
             param.zero_()
     return patcher, clip, vae
+
+
+
+# --- Identity LoRA (issue 14: GoodDrag / DragDiffusion's per-image LoRA) ---------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class IdentityLoRA:
+    """A fitted LoRA: per target weight key ("diffusion_model.<module>.weight") its (up [out, r], down [r, in]),
+    float32 on the CPU, applied as W + (alpha / rank) up @ down; with the recipe, seed and losses it came from."""
+
+    pairs: dict
+    alpha: float
+    recipe: object
+    seed: int
+    losses: torch.Tensor
+
+
+def prediction_type(model, node: str, input_name: str = "model") -> str:
+    """'eps' or 'v': the model's own prediction target, which the LoRA's loss uses (kernels.lora). The class that
+    defines the model's denoising formula decides (ComfyUI's X0, LCM and EDM subclass EPS or V_PREDICTION), and
+    the schedule must be discrete (integer timesteps, as the papers' t ~ U[0, 1000))."""
+    import comfy.model_sampling
+
+    sampling = model.get_model_object("model_sampling")
+    owner = next((c for c in type(sampling).__mro__ if "calculate_denoised" in c.__dict__), None)
+    kind = {comfy.model_sampling.EPS: "eps", comfy.model_sampling.V_PREDICTION: "v"}.get(owner)
+    if kind is None or not isinstance(sampling, comfy.model_sampling.ModelSamplingDiscrete):
+        seen = owner.__name__ if owner is not None else type(sampling).__name__
+        raise DragEditInputError(node, input_name, f"predicts with {seen} on a {type(sampling).__mro__[1].__name__} "
+                                 "schedule", f"Use an epsilon or v-prediction model: {SUPPORTED}")
+    return kind
+
+
+def lora_target_modules(model, node: str, input_name: str = "model") -> list:
+    """(module name, module) of every attention projection the recipe fits (kernels.lora.is_target), by name."""
+    from ..kernels.lora import is_target
+
+    targets = [(name, module) for name, module in model.model.named_modules()
+               if is_target(name) and hasattr(module, "weight_function") and getattr(module, "weight", None) is not None]
+    if not targets:
+        raise DragEditInputError(node, input_name, "has no attention projections attn1/attn2.to_q/to_k/to_v/to_out",
+                                 f"Use one of the supported models: {SUPPORTED}")
+    return targets
+
+
+def vae_posterior(vae, image, node: str, input_name: str = "image"):
+    """(mean, std) [1, C, h, w] of the VAE posterior of IMAGE [1, H, W, C], in LATENT space (before the model's
+    scale factor). `mean` is what VAE Encode gives (a KL VAE's posterior mode); std is None for a VAE whose
+    encoder is deterministic (TAESD and other non-KL autoencoders)."""
+    from comfy.ldm.models.autoencoder import DiagonalGaussianRegularizer
+    from comfy.ldm.modules.distributions.distributions import DiagonalGaussianDistribution
+
+    if image.ndim != 4 or image.shape[0] != 1:
+        raise DragEditInputError(node, input_name, f"holds a batch of {image.shape[0]} images",
+                                 "Fit the LoRA to one image, the one you edit: pick it with Image From Batch")
+    pixels = image[..., :3]
+    mean = vae.encode(pixels)
+    first = vae.first_stage_model
+    if not (isinstance(getattr(first, "regularization", None), DiagonalGaussianRegularizer)
+            and hasattr(first, "quant_conv")):
+        return mean, None
+    comfy.model_management.load_models_gpu([vae.patcher])
+    x = vae.process_input(vae.vae_encode_crop_pixels(pixels).movedim(-1, 1)).to(vae.device, vae.vae_dtype)
+    moments = first.quant_conv(first.encoder(x))
+    return mean, DiagonalGaussianDistribution(moments.float()).std.to(mean.device)
+
+
+def _clone_conds(conds):
+    """The run's processed conditioning as normal tensors: gradients into LoRA weights that read the text (attn2's
+    to_k / to_v) save it for backward, and the CLIP output is an inference tensor (comfyhost gotcha 5)."""
+    for entries in conds.values():
+        for entry in entries:
+            for cond in entry.get("model_conds", {}).values():
+                if isinstance(getattr(cond, "cond", None), torch.Tensor):
+                    cond.cond = cond.cond.detach().clone()
+
+
+def fit_identity_lora(model, latent, std, positive, recipe, seed: int, node: str, node_id=None):
+    """(MODEL with the LoRA as weight patches, IdentityLoRA): the recipe of kernels.lora on the posterior of the
+    image's latent (LATENT samples `latent` [1, C, h, w] and its std, or None), through the pack's `sample` path.
+
+    Reused from ComfyUI 0.3.75, as its TrainLoraNode uses them: the weight adapters (comfy.weight_adapter's
+    LoRAAdapter, and its trainable LoraDiff hung on a clone with add_weight_wrapper) and CFGGuider.sample with a
+    sampler of ours (here the pack's `sample`), so the conditioning and every patch on the MODEL apply as in a
+    KSampler, on every family. Not reused: TrainSampler itself, whose loss is an x0 MSE under bf16 autocast at
+    timesteps from percent_to_sigma, not the papers' epsilon (or v) MSE at integer t ~ U[0, 1000). The result is
+    `model.clone()` with LoRAAdapter weight patches (add_patches, what LoraLoader adds), so stock nodes see it and
+    a saved file reloads to the same weights; the input MODEL is not modified.
+    """
+    from comfy.weight_adapter import LoRAAdapter
+
+    from ..kernels import lora
+
+    prediction = prediction_type(model, node)
+    targets = lora_target_modules(model, node)
+    generator = torch.Generator().manual_seed(seed)
+    alpha = float(recipe.rank)   # scale alpha / rank = 1: diffusers' LoRA layers of both official codes
+    trainer = model.clone()
+    adapters = {}
+    with torch.inference_mode(False), torch.random.fork_rng(devices=[]):
+        for name, module in targets:
+            out_features, in_features = module.weight.shape[0], module.weight.shape[1:].numel()
+            up, down = lora.init_pair(out_features, in_features, recipe.rank, generator)
+            adapters[f"{name}.weight"] = train = LoRAAdapter(set(), (up, down, alpha, None, None, None)).to_train()
+            trainer.add_weight_wrapper(f"{name}.weight", train)
+        params = [p for train in adapters.values() for p in (train.lora_up.weight, train.lora_down.weight)]
+        z_std = None if std is None else \
+            model.model.process_latent_in((latent + std).float()) - model.model.process_latent_in(latent.float())
+    if positive is None:   # no text: an all-zero context of the model's width
+        if model.model.adm_channels:
+            raise DragEditInputError(node, "positive", f"is not connected, and a {family(model, node).name} model's "
+                                     "conditioning carries more than the text tokens (the pooled text embedding)",
+                                     "Connect CLIP Text Encode of the edit's prompt (GoodDrag: '')")
+        positive = [[torch.zeros(1, 77, model.model.model_config.unet_config["context_dim"]), {}]]
+    progress = Progress(model, recipe.steps, node_id)
+    scaler = torch.amp.GradScaler("cuda") if needs_loss_scaling(model) else None
+    losses = {}
+
+    def loop(passes, z0):
+        with grad_scope():
+            _clone_conds(passes.guider.conds)
+            conds = passes.guider.conds["positive"]
+
+            def denoised_fn(x, sigma):
+                return comfy.samplers.calc_cond_batch(passes.base, [conds], x, sigma, passes.options)[0]
+
+            losses["value"] = lora.fit(denoised_fn, params, z0, z_std, passes.sigmas, recipe, prediction, seed,
+                                       grad_scaler=scaler, callback=lambda info: progress(dict(done=info["step"] + 1)))
+        return z0
+
+    sample(trainer, loop, latent, positive, seed=seed, grad=True)
+    pairs = {key: (train.lora_up.weight.detach().float().cpu().clone(),
+                   train.lora_down.weight.detach().float().cpu().clone()) for key, train in adapters.items()}
+    return apply_identity_lora(model, pairs, alpha), IdentityLoRA(pairs, alpha, recipe, seed, losses["value"])
+
+
+def apply_identity_lora(model, pairs: dict, alpha: float):
+    """`model.clone()` with each (up, down) as a LoRAAdapter weight patch, strength 1 (as LoraLoader adds them)."""
+    from comfy.weight_adapter import LoRAAdapter
+
+    patched = model.clone()
+    applied = patched.add_patches({key: LoRAAdapter(set(), (up, down, alpha, None, None, None))
+                                   for key, (up, down) in pairs.items()}, 1.0)
+    missing = set(pairs) - set(applied)
+    if missing:
+        raise RuntimeError(f"LoRA patches not applied to {sorted(missing)[:3]}")
+    return patched
+
+
+def lora_file_names(model, keys) -> dict:
+    """Weight key -> the LoRA file's module name: kohya's `lora_unet_<diffusers name>` (read by ComfyUI's
+    LoraLoader, A1111 and diffusers) where ComfyUI maps the key to a diffusers name, else ComfyUI's generic
+    `diffusion_model.<module>` (which its LoraLoader reads too)."""
+    diffusers = {f"diffusion_model.{comfy_key}": name for name, comfy_key in
+                 comfy.utils.unet_to_diffusers(model.model.model_config.unet_config).items()}
+    return {key: ("lora_unet_" + diffusers[key][:-len(".weight")].replace(".", "_")) if key in diffusers
+            else key[:-len(".weight")] for key in keys}
+
+
+def lora_save_path(filename_prefix: str, node: str, input_name: str = "save_name") -> str:
+    """The next free `<prefix>_NNNNN_.safetensors` under ComfyUI's first `loras` folder (numbered like SaveLoRA's
+    files), checked before any work is done; surrounding spaces are dropped, control characters refused."""
+    import os
+
+    import folder_paths
+
+    loras = folder_paths.get_folder_paths("loras")[0]
+    if any(ord(c) < 32 or ord(c) == 127 for c in filename_prefix):
+        raise DragEditInputError(node, input_name, f"{filename_prefix!r} holds a control character",
+                                 "Use a plain name or sub-folder path inside models/loras")
+    filename_prefix = filename_prefix.strip()
+    try:
+        folder, filename, counter, _, _ = folder_paths.get_save_image_path(filename_prefix, loras)
+    except Exception:  # ComfyUI raises a bare Exception for a prefix that leaves the folder
+        raise DragEditInputError(node, input_name, f"'{filename_prefix}' points outside models/loras",
+                                 "Use a name or a sub-folder path inside models/loras, without '..'") from None
+    return os.path.join(folder, f"{filename}_{counter:05}_.safetensors")
+
+
+def save_identity_lora(model, fitted: IdentityLoRA, path: str) -> None:
+    """Writes the LoRA in kohya's format (lora_up / lora_down / alpha per module), which LoraLoaderModelOnly reads
+    back to the same weights."""
+    import json
+    import os
+
+    import safetensors.torch
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    names = lora_file_names(model, fitted.pairs)
+    tensors = {}
+    for key, (up, down) in fitted.pairs.items():
+        tensors[f"{names[key]}.lora_up.weight"] = up.contiguous()
+        tensors[f"{names[key]}.lora_down.weight"] = down.contiguous()
+        tensors[f"{names[key]}.alpha"] = torch.tensor(fitted.alpha)
+    metadata = {"ss_network_module": "networks.lora", "ss_network_dim": str(fitted.recipe.rank),
+                "ss_network_alpha": str(fitted.alpha),
+                "dragedit.identity_lora": json.dumps(dict(dataclasses.asdict(fitted.recipe), seed=fitted.seed,
+                                                          final_loss=float(fitted.losses[-1])))}
+    safetensors.torch.save_file(tensors, path, metadata=metadata)
+
+
+# --- Image prompt (issue 14: DiffEditor's IP-Adapter variant) --------------------------------------------------------
+
+IP_ADAPTER_FOLDER = "ipadapter"   # models/ipadapter: the folder IPAdapter_plus registers for the same kind of file
+
+
+def ip_adapter_files() -> list:
+    """The files in ComfyUI's `ipadapter` model folder (registered here when no other pack has)."""
+    import os
+
+    import folder_paths
+
+    if IP_ADAPTER_FOLDER not in folder_paths.folder_names_and_paths:
+        folder_paths.folder_names_and_paths[IP_ADAPTER_FOLDER] = (
+            [os.path.join(folder_paths.models_dir, IP_ADAPTER_FOLDER)], folder_paths.supported_pt_extensions)
+    return folder_paths.get_filename_list(IP_ADAPTER_FOLDER)
+
+
+def load_image_prompt_model(name: str, node: str, input_name: str):
+    """kernels.image_prompt.ImagePromptModel of a file in the ipadapter folder, read safely and checked key by key."""
+    import folder_paths
+
+    from ..kernels import image_prompt
+    from ..kernels.errors import ArgumentError
+
+    ip_adapter_files()
+    fix = ("Download DiffEditor's ip_sd15_64.bin (huggingface.co/Adapter/DragonDiffusion, models/) into "
+           f"ComfyUI/models/{IP_ADAPTER_FOLDER}")
+    path = folder_paths.get_full_path(IP_ADAPTER_FOLDER, name)
+    if path is None:
+        raise DragEditInputError(node, input_name, f"'{name}' is not in models/{IP_ADAPTER_FOLDER}", fix)
+    try:
+        state_dict = image_prompt.read_state_dict(path)
+    except ArgumentError as err:
+        raise DragEditInputError(node, input_name, f"'{name}' {err.detail}", fix) from None
+    try:
+        return image_prompt.ImagePromptModel.from_state_dict(state_dict)
+    except ArgumentError as err:
+        raise DragEditInputError(node, input_name, f"'{name}' is not DiffEditor's image-prompt file ({err.detail})",
+                                 fix) from None
+
+
+def clip_vision_hidden_states(clip_vision, image, node: str, input_name: str):
+    """(cond, uncond) CLIP ViT-H/14 penultimate hidden states [1, 257, 1280] of IMAGE [1, H, W, C], as the official
+    code feeds its Resampler: the image squashed to 256 x 256, then CLIP's 224 px preprocessing; uncond from
+    all-zero pixel values (the normalised input, not a black image: dragondiff.py get_image_embeds)."""
+    import comfy.clip_vision
+
+    from ..kernels import image_prompt
+
+    if clip_vision is None:
+        raise DragEditInputError(node, "clip_vision", "is not connected",
+                                 "Load CLIP-ViT-H-14-laion2B-s32B-b79K (the IP-Adapter image encoder) with Load CLIP "
+                                 "Vision and connect it")
+    width = clip_vision.model.vision_model.embeddings.patch_embedding.weight.shape[0]
+    if width != image_prompt.CLIP_WIDTH:
+        raise DragEditInputError(node, "clip_vision", f"is {width} wide, not ViT-H/14's {image_prompt.CLIP_WIDTH}",
+                                 "Load CLIP-ViT-H-14-laion2B-s32B-b79K (the IP-Adapter image encoder); ViT-L/14 "
+                                 "and ViT-bigG do not fit the image-prompt weights")
+    if image.ndim != 4 or image.shape[0] != 1:
+        raise DragEditInputError(node, input_name, f"holds a batch of {image.shape[0]} images",
+                                 "Connect one image (Image From Batch picks one)")
+    size = image_prompt.IMAGE_SIZE
+    squashed = torch.nn.functional.interpolate(image[..., :3].movedim(-1, 1).float(), size=(size, size),
+                                               mode="bicubic", antialias=True).movedim(1, -1).clamp(0, 1)
+    pixels = comfy.clip_vision.clip_preprocess(squashed.to(clip_vision.load_device), size=clip_vision.image_size,
+                                               mean=clip_vision.image_mean, std=clip_vision.image_std, crop=True)
+    comfy.model_management.load_model_gpu(clip_vision.patcher)
+    states = []
+    for values in (pixels.float(), torch.zeros_like(pixels, dtype=torch.float32)):
+        hidden = clip_vision.model(pixel_values=values, intermediate_output=-2)[1]
+        states.append(hidden.float().to(comfy.model_management.intermediate_device()))
+    return tuple(states)
+
+
+def cross_attention_layers(model, node: str, input_name: str = "model") -> list:
+    """ComfyUI attn2 patch keys (block, id, transformer index) of every cross-attention in diffusers' order (input
+    blocks, output blocks, then the middle block), the order of the image-prompt file; with their widths."""
+    unet = model.model.diffusion_model
+    layers = []
+    for block_name, blocks in (("input", unet.input_blocks), ("output", unet.output_blocks),
+                               ("middle", [unet.middle_block])):
+        for block_id, block in enumerate(blocks):
+            for layer in block:
+                for index, transformer in enumerate(getattr(layer, "transformer_blocks", ())):
+                    if getattr(transformer, "attn2", None) is not None:
+                        layers.append(((block_name, block_id, index), transformer.attn2.to_q.weight.shape[0]))
+    return layers
+
+
+class ImagePromptPatch(_Patch):
+    """attn2 replace of one cross-attention: its text attention (or the replace patch found there, kept) plus
+    scale x the image-prompt term, in the pack's denoise passes on plan steps with `image_prompt` only: never in
+    the inversion, the time-travel re-noise, the estimator or a stock sampler (dragondiffusion.md §6,
+    attention_processor.py:L248-260)."""
+
+    def __init__(self, prompt, w_k, w_v, inner=None):
+        self.prompt, self.w_k, self.w_v, self.inner = prompt, w_k, w_v, inner
+        self._on_device = {}
+
+    def _tensors(self, like):
+        key = (like.device, like.dtype)
+        if key not in self._on_device:
+            self._on_device[key] = tuple(t.to(like) for t in (self.w_k, self.w_v, self.prompt.cond, self.prompt.uncond))
+        return self._on_device[key]
+
+    def __call__(self, q, k, v, extra_options):
+        import comfy.ldm.modules.attention as attention
+
+        from ..kernels import image_prompt
+
+        heads = extra_options["n_heads"]
+
+        def attend(q_, k_, v_, heads_):
+            return attention.optimized_attention(q_, k_, v_, heads_, attn_precision=extra_options.get("attn_precision"))
+
+        out = self.inner(q, k, v, extra_options) if self.inner is not None else attend(q, k, v, heads)
+        run = extra_options.get(RUN_KEY)
+        if run is None or run.phase != "denoise" or not run.step.image_prompt:
+            return out
+        w_k, w_v, cond, uncond = self._tensors(q)
+        tokens = image_prompt.batch_tokens(cond, uncond, extra_options["cond_or_uncond"], q.shape[0])
+        return out + self.prompt.scale * image_prompt.image_prompt_term(q, tokens, w_k, w_v, heads, attend)
+
+
+class TextTokenLeakPatch(_Patch):
+    """attn2_patch of the faithful two-image mode: the base image's IP tokens appended to the text context of every
+    cross-attention, in every denoise and re-noise pass (the official 128-token context, §9 item 7)."""
+
+    def __init__(self, cond, uncond):
+        self.cond, self.uncond = cond, uncond
+
+    def __call__(self, n, context_attn2, value_attn2, extra_options):
+        from ..kernels import image_prompt
+
+        run = extra_options.get(RUN_KEY)
+        if run is None or run.phase not in ("denoise", "renoise"):
+            return n, context_attn2, value_attn2
+        tokens = image_prompt.batch_tokens(self.cond, self.uncond, extra_options["cond_or_uncond"],
+                                           context_attn2.shape[0]).to(context_attn2)
+        return n, torch.cat([context_attn2, tokens], 1), torch.cat([value_attn2, tokens], 1)
+
+
+def image_prompt_model(model, prompt, node: str, input_name: str = "image_prompt"):
+    """A clone of the MODEL with the image prompt on every cross-attention (attn2 replace patches that keep any
+    replace patch already there, and the faithful leak's attn2_patch); a clear error when the model's
+    cross-attentions are not the ones the file was trained for (SD 1.5's 16)."""
+    from ..kernels import image_prompt
+
+    layers = cross_attention_layers(model, node)
+    widths = tuple(width for _, width in layers)
+    if widths != image_prompt.SD15_CROSS_ATTENTION_WIDTHS:
+        raise DragEditInputError(node, input_name, f"holds weights for SD 1.5's 16 cross-attentions, but the model has "
+                                 f"{len(widths)} of widths {sorted(set(widths))}",
+                                 "Use the image prompt with an SD 1.5 checkpoint (ip_sd15_64.bin is for SD 1.5)")
+    patched = model.clone()
+    existing = patched.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
+    for (key, _), (w_k, w_v) in zip(layers, prompt.layers):
+        inner = existing.get(key, existing.get(key[:2]))
+        patched.set_model_attn2_replace(ImagePromptPatch(prompt, w_k, w_v, inner), *key)
+    if prompt.text_tokens is not None:
+        patched.set_model_attn2_patch(TextTokenLeakPatch(*prompt.text_tokens))
+    return patched

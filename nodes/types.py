@@ -10,3 +10,5 @@ Features = io.Custom("DRAG_FEATURES")              # kernels.features.FeatureTap
 Guidance = io.Custom("DRAG_GUIDANCE")              # kernels.energy.EnergyGuidance
 Tracker = io.Custom("DRAG_TRACKER")                # kernels.tracker.TrackerSpec
 Motion = io.Custom("DRAG_MOTION")                  # kernels.motion.MotionSupervision
+ImagePromptModel = io.Custom("DRAG_IP_ADAPTER")    # kernels.image_prompt.ImagePromptModel
+ImagePrompt = io.Custom("DRAG_IMAGE_PROMPT")       # kernels.image_prompt.ImagePrompt

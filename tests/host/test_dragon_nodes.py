@@ -114,10 +114,11 @@ def test_schemas_are_documented_everywhere(nodes_):
         specs = {**info["input"]["required"], **info["input"].get("optional", {})}
         assert all(spec[1].get("tooltip") for spec in specs.values()), info["name"]
         assert all(info["output_tooltips"]), info["name"]
-    assert "IP-Adapter) is not implemented" in nodes_.sampler.GET_NODE_INFO_V1()["description"]
+    assert "image_prompt (DiffEditor's IP-Adapter variant)" in nodes_.sampler.GET_NODE_INFO_V1()["description"]
     assert nodes_.paste.GET_NODE_INFO_V1()["output"] == ["DRAG_GUIDANCE", "MASK", "MASK"]
     sampler = nodes_.sampler.GET_NODE_INFO_V1()
-    assert sampler["output"] == ["LATENT"] and set(sampler["input"]["optional"]) == {"memory_bank_replace"}
+    assert sampler["output"] == ["LATENT"] and \
+        set(sampler["input"]["optional"]) == {"memory_bank_replace", "image_prompt"}
 
 
 @pytest.mark.parametrize("mode", MODES)
