@@ -136,7 +136,7 @@ class DragEditAlDDScheduler(DragEditNode):
                 image=None) -> io.NodeOutput:
         fam = host.family(model, NAME)
         host.check_features(features, fam, NAME)
-        positive = host.conditioning(positive, NAME, "positive")
+        positive = host.conditioning(positive, model, NAME, "positive")
         try:
             memory_bank.check_compatible(host.model_fingerprint(model), memory_bank.latent_shape)
         except ArgumentError as err:

@@ -87,7 +87,7 @@ class DragEditFeatureExtractor(DragEditNode):
         tap = PRESETS[preset](fam) if preset != CUSTOM else parse_custom_tap(blocks, weights, resize, scale, fam)
         if memory_bank is None:
             return io.NodeOutput(tap, torch.zeros(1, 64, 64, 3))
-        positive = host.conditioning(positive, NAME, "positive") if positive is not None else None
+        positive = host.conditioning(positive, model, NAME, "positive") if positive is not None else None
         if positive is None:
             raise DragEditInputError(NAME, "positive", "is not connected",
                                      "The preview runs the UNet: connect the prompt used for the inversion")

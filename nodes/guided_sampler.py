@@ -136,8 +136,8 @@ class DragEditGuidedSampler(DragEditNode):
         _check_inputs(model, memory_bank, memory_bank_replace, guidance, features)
         if image_prompt is not None:
             model = _with_image_prompt(model, image_prompt, guidance.mode)
-        positive = host.conditioning(positive, NAME, "positive")
-        negative = host.conditioning(negative, NAME, "negative")
+        positive = host.conditioning(positive, model, NAME, "positive")
+        negative = host.conditioning(negative, model, NAME, "negative")
         steps = plan.dragon_plan(schedule, guidance.mode, len(memory_bank.timesteps), sde_strength,
                                  guidance=guidance.energy_scale != 0,
                                  num_train_timesteps=len(memory_bank.alphas_cumprod))

@@ -480,11 +480,20 @@ def bank_device(model, nbytes: int):
 
 # ------------------------------------------------------------------------------------------------ inputs and outputs
 
-def conditioning(cond, node: str, input_name: str):
-    """A CONDITIONING checked for content: the list ComfyUI's samplers take."""
+def conditioning(cond, model, node: str, input_name: str):
+    """A CONDITIONING checked for content: the list ComfyUI's samplers take, with text encodings as wide as the
+    model's cross-attention reads (the live module's width): an SD-1.x CLIP's on an SD 2.x or SDXL model is refused
+    here, not in a matrix product deep in the first pass."""
     if not isinstance(cond, list) or not cond or not isinstance(cond[0], (list, tuple)) or \
             not isinstance(cond[0][0], torch.Tensor):
         raise DragEditInputError(node, input_name, "holds no conditioning", "Connect a CLIP Text Encode output")
+    attn2 = next((m.attn2 for m in model.model.diffusion_model.modules() if hasattr(m, "attn2")), None)
+    wanted = None if attn2 is None else attn2.to_k.in_features
+    for tensor, _ in cond:
+        if wanted is not None and tensor.shape[-1] != wanted:
+            raise DragEditInputError(node, input_name, f"is a {tensor.shape[-1]}-wide text encoding; this model's "
+                                     f"cross-attention reads {wanted}-wide ones",
+                                     "Encode the prompt with the CLIP of the checkpoint this MODEL comes from")
     return cond
 
 
@@ -735,12 +744,16 @@ def lora_file_names(model, keys) -> dict:
 
 def lora_save_path(filename_prefix: str, node: str, input_name: str = "save_name") -> str:
     """The next free `<prefix>_NNNNN_.safetensors` under ComfyUI's first `loras` folder (numbered like SaveLoRA's
-    files), checked before any work is done."""
+    files), checked before any work is done; surrounding spaces are dropped, control characters refused."""
     import os
 
     import folder_paths
 
     loras = folder_paths.get_folder_paths("loras")[0]
+    if any(ord(c) < 32 or ord(c) == 127 for c in filename_prefix):
+        raise DragEditInputError(node, input_name, f"{filename_prefix!r} holds a control character",
+                                 "Use a plain name or sub-folder path inside models/loras")
+    filename_prefix = filename_prefix.strip()
     try:
         folder, filename, counter, _, _ = folder_paths.get_save_image_path(filename_prefix, loras)
     except Exception:  # ComfyUI raises a bare Exception for a prefix that leaves the folder

@@ -57,7 +57,7 @@ class DragEditDDIMInversion(DragEditNode):
     def execute(cls, model, latent, positive, steps, strength, layers, bank_device) -> io.NodeOutput:
         fam = host.family(model, NAME)
         samples = host.latent_samples(latent, NAME)
-        positive = host.conditioning(positive, NAME, "positive")
+        positive = host.conditioning(positive, model, NAME, "positive")
         try:
             steps_plan = plan.ddim_plan(steps, strength)
         except ArgumentError as err:

@@ -74,7 +74,7 @@ class DragEditIdentityLoRA(DragEditNode):
         except ArgumentError as err:
             raise from_argument(NAME, err, fixes=FIXES) from None
         host.family(model, NAME)
-        save_path = host.lora_save_path(save_name.strip(), NAME) if save_name and save_name.strip() else None
+        save_path = host.lora_save_path(save_name, NAME) if save_name and save_name.strip() else None
         if latent is not None and image is not None:
             raise DragEditInputError(NAME, "latent", "and image are both connected",
                                      "Connect one: image + vae (posterior samples, as the papers) or latent")
@@ -89,7 +89,7 @@ class DragEditIdentityLoRA(DragEditNode):
                                      "Connect the image to edit: image + vae, or VAE Encode's latent")
         samples = host.latent_samples(latent, NAME, "image" if image is not None else "latent")
         if positive is not None:
-            positive = host.conditioning(positive, NAME, "positive")
+            positive = host.conditioning(positive, model, NAME, "positive")
         patched, fitted = host.fit_identity_lora(model, samples, std, positive, recipe, seed, NAME,
                                                  cls.hidden.unique_id)
         if save_path is not None:

@@ -66,22 +66,28 @@ def reconstruct():
 ALDD_STEPS = 20   # as the DragonDiffusion examples: 50 steps plus the drags take minutes on the 2-core CI CPU
 
 
-def _drag(name, prompt, strength, pairs, motion, tracker, schedule):
-    """A drag with the AlDD Drag Scheduler: invert, points on the canvas, motion supervision and tracker, decode.
+LORA_STEPS = 10   # the papers fit 70 (GoodDrag) and 80 (DragDiffusion) steps, the node's defaults
 
-    `schedule` holds the scheduler's preset and widgets. The CI examples run 20 DDIM steps and preset custom with
-    fewer drags than the papers (GoodDrag's 210 gradient steps take many minutes on a CPU); the nodes' defaults
-    are the papers'.
+
+def _drag(name, prompt, strength, pairs, motion, tracker, schedule):
+    """A drag with the AlDD Drag Scheduler: the Identity LoRA fitted on the image, invert, points on the canvas,
+    motion supervision and tracker, decode.
+
+    `schedule` holds the scheduler's preset and widgets. The CI examples run 20 DDIM steps, 10 LoRA steps and
+    preset custom with fewer drags than the papers (GoodDrag's 210 gradient steps take many minutes on a CPU); the
+    nodes' defaults are the papers'.
     """
     return _loader_and_image(prompt=prompt) + [
-        node("invert", "DragEditDDIMInversion", model=("ckpt", 0), latent=("latent", 0), positive=("pos", 0),
+        node("lora", "DragEditIdentityLoRA", model=("ckpt", 0), image=("image", 0), vae=("ckpt", 2),
+             positive=("pos", 0), steps=LORA_STEPS),
+        node("invert", "DragEditDDIMInversion", model=("lora", 0), latent=("latent", 0), positive=("pos", 0),
              steps=ALDD_STEPS, strength=strength, layers="none"),
-        node("features", "DragEditFeatureExtractor", model=("ckpt", 0),
+        node("features", "DragEditFeatureExtractor", model=("lora", 0),
              preset="GoodDrag / DragDiffusion"),
         node("points", "DragEditPoints", image=("image", 0), points_json=_points_json(*pairs), mask=("image", 1)),
         node("motion", "DragEditMotionSupervision", **motion),
         node("tracker", "DragEditPointTracker", image=("image", 0), points=("points", 0), **tracker),
-        node("drag", "DragEditAlDDScheduler", model=("ckpt", 0), memory_bank=("invert", 0), positive=("pos", 0),
+        node("drag", "DragEditAlDDScheduler", model=("lora", 0), memory_bank=("invert", 0), positive=("pos", 0),
              points=("points", 0), features=("features", 0), motion=("motion", 0), tracker=("tracker", 0),
              mask=("points", 4), image=("image", 0), **schedule),
         node("decode", "VAEDecode", samples=("drag", 0), vae=("ckpt", 2)),
