@@ -92,7 +92,7 @@ class DragEditAlDDScheduler(DragEditNode):
                              default=DEFAULTS.grad_steps_per_drag, min=1, max=100,
                              tooltip="custom: Adam steps on the latent per drag. GoodDrag 3, DragDiffusion 1. "
                                      "T2·B·J UNet forward+backward passes at most (GoodDrag 210)."),
-                io.Float.Input("lr", default=DEFAULTS.lr, min=0.001, max=1.0, step=0.001,
+                io.Float.Input("lr", default=DEFAULTS.lr, min=1e-9, max=1.0, step=0.001,
                                tooltip="custom: Adam learning rate on the VP latent; a fresh Adam per timestep. "
                                        "GoodDrag 0.02, DragDiffusion 0.01; its README keeps it below 0.05."),
                 io.Int.Input("max_no_change", display_name=LABELS["max_no_change"], default=DEFAULTS.max_no_change,

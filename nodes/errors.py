@@ -49,9 +49,11 @@ def check_widgets(node_cls, values: dict) -> None:
     ComfyUI checks widget ranges at queue time but lets NaN through and never checks linked values (and skips the
     inputs a validate_inputs names), and it does not check a V3 node's combo values at all (0.3.75 only knows V1's
     list-typed combos): this runs at the top of every execute, on what the node actually received. The error names
-    the input as the node shows it (its display name, e.g. 'lambda' for `lam`).
+    the input as the node shows it (its display name, e.g. 'lambda' for `lam`). The schema is built afresh, so a
+    combo that lists a folder (models/ipadapter) offers the files there now, as ComfyUI re-lists a V1 loader's files
+    at every queue.
     """
-    schema = node_cls.GET_SCHEMA()
+    schema = node_cls.define_schema()
     for spec in schema.inputs:
         value = values.get(spec.id)
         if value is None:

@@ -66,20 +66,20 @@ def reconstruct():
 ALDD_STEPS = 20   # as the DragonDiffusion examples: 50 steps plus the drags take minutes on the 2-core CI CPU
 
 
-LORA_STEPS = 10   # the papers fit 70 (GoodDrag) and 80 (DragDiffusion) steps, the node's defaults
+LORA_STEPS, LORA_BATCH = 10, 1   # the papers fit 70 (GoodDrag) / 80 (DragDiffusion) steps of 4: the node's defaults
 
 
 def _drag(name, prompt, strength, pairs, motion, tracker, schedule):
     """A drag with the AlDD Drag Scheduler: the Identity LoRA fitted on the image, invert, points on the canvas,
     motion supervision and tracker, decode.
 
-    `schedule` holds the scheduler's preset and widgets. The CI examples run 20 DDIM steps, 10 LoRA steps and
+    `schedule` holds the scheduler's preset and widgets. The CI examples run 20 DDIM steps, 10 LoRA steps of one image and
     preset custom with fewer drags than the papers (GoodDrag's 210 gradient steps take many minutes on a CPU); the
     nodes' defaults are the papers'.
     """
     return _loader_and_image(prompt=prompt) + [
         node("lora", "DragEditIdentityLoRA", model=("ckpt", 0), image=("image", 0), vae=("ckpt", 2),
-             positive=("pos", 0), steps=LORA_STEPS),
+             positive=("pos", 0), steps=LORA_STEPS, batch_size=LORA_BATCH),
         node("invert", "DragEditDDIMInversion", model=("lora", 0), latent=("latent", 0), positive=("pos", 0),
              steps=ALDD_STEPS, strength=strength, layers="none"),
         node("features", "DragEditFeatureExtractor", model=("lora", 0),

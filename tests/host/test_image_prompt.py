@@ -67,7 +67,10 @@ def test_loader_refuses_missing_foreign_keys_and_pickled_code(ipadapter_dir, off
     torch.save({"image_proj": CodePayload(str(marker)), "ip_adapter": {}}, ipadapter_dir / "code.bin")
     assert "is not a plain tensor file" in _loader_error("code.bin")
     assert not marker.exists()
-    assert "is not in models/ipadapter" in _loader_error("absent.bin")
+    with pytest.raises(DragEditInputError) as err:   # the folder's files now, as ComfyUI's own loaders list them
+        _load("absent.bin")
+    assert err.value.input_name == "ip_adapter_file" and "not one of its choices" in str(err.value)
+    assert "'missing.bin'" in err.value.fix and "'code.bin'" in err.value.fix
 
 
 def _clip_vision(width, tmp_path):
