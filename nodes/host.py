@@ -121,7 +121,7 @@ def family(model, node: str, input_name: str = "model") -> Family:
         why = _UNSUPPORTED_WHY.get(config_name, f"a {config_name} model")
         raise DragEditInputError(node, input_name, f"is {why}", f"Load one of the supported models: {SUPPORTED}")
     unet = getattr(base, "diffusion_model", None)
-    channels = getattr(unet, "in_channels", None)
+    channels = _input_channels(unet)
     if channels != 4:
         raise DragEditInputError(node, input_name, f"is a {fam.name} model with {channels} input channels (an "
                                  "inpainting or instruct-pix2pix model)", "Load the base (4-channel) model")
@@ -133,10 +133,22 @@ def family(model, node: str, input_name: str = "model") -> Family:
     if not isinstance(sampling, comfy.model_sampling.ModelSamplingDiscrete) or \
             not isinstance(sampling, comfy.model_sampling.EPS) or \
             isinstance(sampling, comfy.model_sampling.EDM):
-        raise DragEditInputError(node, input_name, f"samples with {type(sampling).__name__} (no discrete VP timestep "
-                                 "table: EDM or flow matching)", "Use a model with discrete eps or v sampling, or "
+        raise DragEditInputError(node, input_name, f"samples with {_sampling_name(sampling)} (no discrete VP "
+                                 "timestep table: EDM or flow matching)", "Use a model with discrete eps or v sampling, or "
                                  "remove the ModelSampling patch")
     return fam
+
+
+def _sampling_name(sampling) -> str:
+    """What a model_sampling object is: ComfyUI composes it of a schedule and a prediction class under one local
+    name (ModelSamplingAdvanced, ModelSampling), so the two bases say it, e.g. ModelSamplingDiscreteFlow + CONST."""
+    bases = type(sampling).__bases__
+    return " + ".join(b.__name__ for b in bases) if len(bases) > 1 else type(sampling).__name__
+
+
+def _input_channels(unet) -> int:
+    """Channels the UNet's first convolution reads, from the live module: what runs, whatever the config says."""
+    return unet.input_blocks[0][0].weight.shape[1]
 
 
 def _transformer_count(block) -> int:
