@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The main job: run a drag edit (example_workflows/move.json by default) through a real ComfyUI.
+# The main job: a drag edit through a real ComfyUI (example_workflows/demo_move.json on the demo model by default;
+# move.json with --ckpt).
 # Arguments go to scripts/demo.py: [--ckpt your_sd15.safetensors] [--workflow NAME] [--out DIR]
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
