@@ -61,8 +61,10 @@ def autoencoder_round_trip(prompt):
     }
 
 
-# DragonDiffusion's energies off; GoodDrag's drags move nothing (its scheduler refuses lr 0: a step of 1e-9 px)
+# DragonDiffusion's energies off; GoodDrag's drags move nothing (its scheduler refuses lr 0: a step of 1e-9 px).
+# The Identity LoRA, which shapes the model both runs share, stays as it is.
 NEUTRAL = {"energy_scale": 0.0, "lr": 1e-9}
+KEEP = {"DragEditIdentityLoRA"}
 
 
 def without_edit(prompt):
@@ -70,7 +72,7 @@ def without_edit(prompt):
     denoising) runs as in the edit, and ComfyUI's cache reuses what does not change (the inversion)."""
     neutral = json.loads(json.dumps(prompt))
     switched = 0
-    for node in neutral.values():
+    for node in (n for n in neutral.values() if n["class_type"] not in KEEP):
         for name, value in NEUTRAL.items():
             if name in node["inputs"] and not isinstance(node["inputs"][name], list):
                 node["inputs"][name] = value
