@@ -194,7 +194,8 @@ def test_more_drag_timesteps_than_inverted_steps_are_refused(nodes_, sd15, bank,
                                                          "7 drag timesteps")
 
 
-@pytest.mark.parametrize("lr, seen", [(0.0, "must be > 0, got 0.0"), (-0.01, "is -0.01, below its minimum 0"),
+@pytest.mark.parametrize("lr, seen", [(0.0, "is 0, below its minimum 1e-09"),
+                                      (-0.01, "is -0.01, below its minimum 1e-09"),
                                       (float("nan"), "is nan")])
 def test_a_learning_rate_that_is_not_positive_is_refused(nodes_, sd15, bank, cond, lr, seen):
     err = _error(lambda: schedule(nodes_, sd15[0], bank, cond, points((1.0, 2.0, 30.0, 4.0)), lr=lr))
