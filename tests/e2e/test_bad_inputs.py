@@ -13,6 +13,7 @@ The prompts are built from /object_info (every widget at its default, then a few
 model, 64x64 images, 4 DDIM steps), so a new node or input without cases fails `test_every_input_has_cases`.
 """
 import asyncio
+import concurrent.futures
 import copy
 import dataclasses
 import json
@@ -117,7 +118,10 @@ class Host:
         return bool(self.object_info[class_type].get("output_node"))
 
     def observe(self, prompt, timeout=300) -> Seen:
-        return asyncio.run(self._observe(prompt, timeout))
+        # In a thread of its own: in a whole-suite run the browser layer's playwright (sync API) keeps an event
+        # loop running in this one, where asyncio.run refuses to start another.
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            return pool.submit(asyncio.run, self._observe(prompt, timeout)).result()
 
     async def _observe(self, prompt, timeout):
         ws_url = self.server.url.replace("http://", "ws://") + f"/ws?clientId={self.client_id}"
