@@ -313,9 +313,9 @@ TITLES = {
     "gooddrag": ("GoodDrag", "Alternating drag and denoising with point tracking"),
     "dragdiffusion": ("DragDiffusion", "GoodDrag's special case: every drag at one timestep"),
     "reconstruct": ("Reconstruct (inversion check)", "Demo model: DDIM inversion, bank attention, a stock KSampler"),
-    "sdxl_move": ("Move an object (SDXL)", "DragonDiffusion / DiffEditor on SDXL base at 1024²"),
-    "sdxl_drag": ("Content drag (SDXL)", "DragonDiffusion's drag on SDXL base at 1024²"),
-    "sdxl_gooddrag": ("GoodDrag (SDXL)", "Identity LoRA, then alternating drag and denoising at 1024²"),
+    "sdxl_move": ("Move an object (SDXL)", "DragonDiffusion / DiffEditor on SDXL base, 1024 px"),
+    "sdxl_drag": ("Content drag (SDXL)", "DragonDiffusion's drag on SDXL base, 1024 px"),
+    "sdxl_gooddrag": ("GoodDrag (SDXL)", "Identity LoRA, then alternating drag and denoising, 1024 px"),
 }
 
 WORKFLOWS = {"demo_move": demo_move, "chained": chained, "reconstruct": reconstruct, "gooddrag": gooddrag, "dragdiffusion": dragdiffusion,
