@@ -13,7 +13,7 @@ from scripts import draw_example_inputs
 from tests.browser.conftest import CHROMIUM_ARGS, VIEWPORT
 from tests.support.host import CHROMIUM
 from tests.support.pack import REPO
-from tests.support.server import USER_CKPT_NAME, ComfyServer
+from tests.support.server import SDXL_CKPT_NAME, USER_CKPT_NAME, ComfyServer
 
 OUT = REPO / "example_workflows"
 SCENE = "dragedit_scene.png"
@@ -21,7 +21,8 @@ COLUMN_WIDTH, ROW_GAP = 340, 40
 # Room for the images the classic display draws below the widgets (computeSize does not count them; Nodes 2.0
 # sizes its nodes to their content, and the build measures that).
 EXTRA_HEIGHT = {"LoadImage": 250, "LoadImageMask": 250, "SaveImage": 280, "PreviewImage": 280}
-VIEW = (VIEWPORT["width"], VIEWPORT["height"], 70, 90)   # the window the saved view fits, and the UI's bars
+VIEW = (VIEWPORT["width"], VIEWPORT["height"], 70, 140)   # the window the saved view fits; left: the side bar, top:
+# the tabs and the workflow breadcrumb and Run toolbar below them (tests/browser/ui.py covered() checks none hides a node)
 
 
 def node(key, class_type, **inputs):
@@ -69,15 +70,15 @@ ALDD_STEPS = 20   # as the DragonDiffusion examples: 50 steps plus the drags tak
 LORA_STEPS, LORA_BATCH = 10, 1   # the papers fit 70 (GoodDrag) / 80 (DragDiffusion) steps of 4: the node's defaults
 
 
-def _drag(name, prompt, strength, pairs, motion, tracker, schedule):
+def _drag(name, prompt, strength, pairs, motion, tracker, schedule, head=None):
     """A drag with the AlDD Drag Scheduler: the Identity LoRA fitted on the image, invert, points on the canvas,
-    motion supervision and tracker, decode.
+    motion supervision and tracker, decode. `head` (default: checkpoint and scene) as in _dragon.
 
     `schedule` holds the scheduler's preset and widgets. The CI examples run 20 DDIM steps, 10 LoRA steps of one image and
     preset custom with fewer drags than the papers (GoodDrag's 210 gradient steps take many minutes on a CPU); the
     nodes' defaults are the papers'.
     """
-    return _loader_and_image(prompt=prompt) + [
+    return (head or _loader_and_image(prompt=prompt)) + [
         node("lora", "DragEditIdentityLoRA", model=("ckpt", 0), image=("image", 0), vae=("ckpt", 2),
              positive=("pos", 0), steps=LORA_STEPS, batch_size=LORA_BATCH),
         node("invert", "DragEditDDIMInversion", model=("lora", 0), latent=("latent", 0), positive=("pos", 0),
@@ -250,6 +251,55 @@ def chained():
     return first + second
 
 
+SDXL_SIDE = 1024   # SDXL's own resolution: Drag Working Resolution takes the 256² scene there
+
+
+def _sdxl_head(mask_colour=None, prompt="a photo of objects on a table"):
+    """SDXL base and the scene at SDXL_SIDE²: "ckpt", "image" (Drag Working Resolution: image 0, mask 1), "pos",
+    "latent" as _loader_and_image gives them. `mask_colour`: a ball's mask made on the scene and resized with it
+    (nearest, so it stays binary); otherwise the mask output is empty."""
+    masked = _ball_mask("scene_mask", "scene", mask_colour) if mask_colour is not None else []
+    return [
+        node("ckpt", "CheckpointLoaderSimple", ckpt_name=SDXL_CKPT_NAME),
+        node("scene", "LoadImage", image=SCENE),
+        *masked,
+        node("image", "DragEditWorkingResolution", image=("scene", 0), resolution=SDXL_SIDE,
+             **({"mask": ("scene_mask", 0)} if masked else {})),
+        node("pos", "CLIPTextEncode", clip=("ckpt", 1), text=prompt),
+        node("latent", "VAEEncode", pixels=("image", 0), vae=("ckpt", 2)),
+    ]
+
+
+def sdxl_move():
+    """move on SDXL base at 1024²: the red ball up and right, the features and bank layers of the SDXL family. The
+    canvas shows the scene before Drag Working Resolution, so the arrows are drawn on it (Drag Points rescales)."""
+    return _dragon("sdxl_move", [
+        node("points", "DragEditPoints", image=("image", 0),
+             points_json=_points_json((95, 145, 150, 70))),
+        node("guidance", "DragEditEnergyGuidanceMove", mask=("image", 1), offset_x=("points", 1),
+             offset_y=("points", 2)),
+    ], "replace", head=_sdxl_head(RED_BALL))
+
+
+def sdxl_drag():
+    """drag on SDXL base at 1024²: the square's top up and the ball's right side out."""
+    return _dragon("sdxl_drag", [
+        node("points", "DragEditPoints", image=("image", 0), mask=("image", 1),
+             points_json=_points_json((187, 124, 187, 100), (127, 145, 145, 145))),
+        node("guidance", "DragEditEnergyGuidanceDrag", points=("points", 0), mask=("points", 4)),
+    ], "concat", head=_sdxl_head())
+
+
+def sdxl_gooddrag():
+    """gooddrag on SDXL base at 1024², Identity LoRA included. The radii stay GoodDrag's, in feature px: SDXL's
+    GoodDrag tap (output 5) is at H/2, as SD-1.5's output 8."""
+    return _drag("sdxl_gooddrag", "", 0.75, [(95, 112, 95, 84), (128, 146, 150, 146)],
+                 motion=dict(variant="gooddrag", r1=4, beta=4.0), tracker=dict(r2=12),
+                 schedule=dict(preset="custom", drag_steps=3, drags_per_step=4, grad_steps_per_drag=2, lr=0.02,
+                               max_no_change=5),
+                 head=_sdxl_head(prompt=""))
+
+
 # Title and one-line description of each example, drawn into its Templates thumbnail (the frontend shows only the
 # file name) and used in README.md.
 TITLES = {
@@ -263,10 +313,14 @@ TITLES = {
     "gooddrag": ("GoodDrag", "Alternating drag and denoising with point tracking"),
     "dragdiffusion": ("DragDiffusion", "GoodDrag's special case: every drag at one timestep"),
     "reconstruct": ("Reconstruct (inversion check)", "Demo model: DDIM inversion, bank attention, a stock KSampler"),
+    "sdxl_move": ("Move an object (SDXL)", "DragonDiffusion / DiffEditor on SDXL base, 1024 px"),
+    "sdxl_drag": ("Content drag (SDXL)", "DragonDiffusion's drag on SDXL base, 1024 px"),
+    "sdxl_gooddrag": ("GoodDrag (SDXL)", "Identity LoRA, then alternating drag and denoising, 1024 px"),
 }
 
 WORKFLOWS = {"demo_move": demo_move, "chained": chained, "reconstruct": reconstruct, "gooddrag": gooddrag, "dragdiffusion": dragdiffusion,
-             "move": move, "resize": resize, "appearance": appearance, "paste": paste, "drag": drag}
+             "move": move, "resize": resize, "appearance": appearance, "paste": paste, "drag": drag,
+             "sdxl_move": sdxl_move, "sdxl_drag": sdxl_drag, "sdxl_gooddrag": sdxl_gooddrag}
 
 
 def _columns(spec):

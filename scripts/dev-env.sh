@@ -102,6 +102,16 @@ if [ ! -f "$CKPT" ] || [ ! -f "$CKPT_STAMP" ]; then
   touch "$CKPT_STAMP"
 fi
 
+SDXL_CKPT="$DEV/test_models/dragedit_test_sdxl.safetensors"   # tests/support/host.py: TEST_SDXL_CKPT
+SDXL_STAMP="$SDXL_CKPT.$(cat "$REPO"/tests/support/{tiny_sdxl.py,families.py,reduced_sdxl/__init__.py} | sha1sum | cut -c1-12)"
+if [ ! -f "$SDXL_CKPT" ] || [ ! -f "$SDXL_STAMP" ]; then
+  rm -f "$SDXL_CKPT" "$SDXL_CKPT".*
+  mkdir -p "$(dirname "$SDXL_CKPT")"
+  log "writing the random-weight reduced SDXL-topology test checkpoint"
+  (cd "$REPO" && "$PY" -m tests.support.tiny_sdxl --comfy-root "$ROOT" --out "$SDXL_CKPT") >&2
+  touch "$SDXL_STAMP"
+fi
+
 if [ $WITH_UI = 1 ]; then
   if [ ! -x /usr/bin/chromium ]; then
     log "apt-get install chromium"

@@ -16,11 +16,23 @@ from PIL import Image
 from tests.browser import pictures, ui
 from tests.browser.conftest import NEWEST, SHIPPED, artifact, open_page
 from tests.support.pack import REPO
-from tests.support.server import USER_CKPT_NAME
+from tests.support.server import SDXL_CKPT_NAME, USER_CKPT_NAME
 from tests.support.workflow import ui_to_api
 
 EXAMPLES = sorted((REPO / "example_workflows").glob("*.json"))
 INPUTS = REPO / "example_workflows" / "inputs"
+# The SDXL examples edit at 1024²; here their Drag Working Resolution is set to this (the test SDXL is a
+# random-weight, reduced-width one: the layout and every pass are SDXL's, the cost is the CPU's to bear).
+TEST_RESOLUTION = 128
+
+
+def at_test_size(workflow):
+    """The workflow as a user saves it after setting Drag Working Resolution to TEST_RESOLUTION."""
+    workflow = json.loads(json.dumps(workflow))
+    for node in workflow["nodes"]:
+        if node["type"] == "DragEditWorkingResolution":
+            node["widgets_values"][0] = TEST_RESOLUTION
+    return workflow
 
 
 def _output_image(server, entry):
@@ -83,10 +95,14 @@ def without_edit(prompt):
 
 # ------------------------------------------------------------------------------------------------ content checks
 
-def _pairs(prompt):
+def _pairs(prompt, width):
+    """Every arrow of the example's canvases, in the pixels of a `width`-wide result (canvas sizes differ: the
+    SDXL examples draw on their 1024² working image, the tests run them smaller)."""
     pairs = []
     for key in _nodes_of(prompt, "DragEditPoints"):
-        pairs += json.loads(prompt[key]["inputs"]["points_json"])["pairs"]
+        data = json.loads(prompt[key]["inputs"]["points_json"])
+        k = width / data["image_size"][0]
+        pairs += [[v * k for v in pair] for pair in data["pairs"]]
     return pairs
 
 
@@ -98,24 +114,34 @@ def _disc_mask(shape, discs):
     return inside
 
 
-def _around_the_arrows(radius):
-    """The edited region of a drag or move: discs of `radius` px about every handle and target."""
-    def region(prompt):
-        return [(x, y, radius) for hx, hy, tx, ty in _pairs(prompt) for x, y in ((hx, hy), (tx, ty))]
+def _around_the_arrows(radius, canvas=256):
+    """The edited region of a drag or move: discs about every handle and target, `radius` px of a `canvas`-wide
+    image."""
+    def region(prompt, width):
+        r = radius * width / canvas
+        return [(x, y, r) for hx, hy, tx, ty in _pairs(prompt, width) for x, y in ((hx, hy), (tx, ty))]
     return region
 
 
-# Where each edit example changes its image (image pixels, from scripts/build_example_workflows.py and
+def _in_the_scene(x, y, r):
+    """A disc in the pixels of the 256² example scene, scaled to the result."""
+    return lambda prompt, width: [(x * width / 256, y * width / 256, r * width / 256)]
+
+
+# Where each edit example changes its image (from scripts/build_example_workflows.py and
 # scripts/draw_example_inputs.py: the red ball at (95, 145) r 34 in dragedit_scene.png).
 EDITED_REGION = {
     "move": _around_the_arrows(40),
-    "resize": lambda prompt: [(95, 138, 55)],
-    "appearance": lambda prompt: [(95, 145, 38)],
-    "paste": lambda prompt: [(60, 60, 40)],
+    "resize": _in_the_scene(95, 138, 55),
+    "appearance": _in_the_scene(95, 145, 38),
+    "paste": _in_the_scene(60, 60, 40),
     "drag": _around_the_arrows(24),
     "gooddrag": _around_the_arrows(24),
     "dragdiffusion": _around_the_arrows(24),
-    "chained": _around_the_arrows(24),
+    "chained": _around_the_arrows(24, canvas=128),
+    "sdxl_move": _around_the_arrows(40),
+    "sdxl_drag": _around_the_arrows(24),
+    "sdxl_gooddrag": _around_the_arrows(24),
 }
 
 
@@ -149,7 +175,7 @@ def check_edit_region(name, server, prompt, output):
     if name not in EDITED_REGION:
         pytest.fail(f"{name}.json: declare where it edits in EDITED_REGION (tests/browser/test_examples.py)")
     reference = _output_image(server, server.run(without_edit(prompt), timeout=900))
-    inside = _disc_mask(output.shape, EDITED_REGION[name](prompt))
+    inside = _disc_mask(output.shape, EDITED_REGION[name](prompt, output.shape[1]))
     change = np.abs(output - reference).mean(axis=-1)
     assert inside.any() and (~inside).any()
     inside_change, outside_change = change[inside].mean(), change[~inside].mean()
@@ -232,10 +258,12 @@ def test_no_output_node_runs_without_an_edit(comfy_server):
 
 
 def _look(page, name, display, frontend):
-    """The example as loaded: a screenshot kept as an artifact, no node over another, every node in the window."""
+    """The example as loaded: a screenshot kept as an artifact, no node over another, nothing of the UI over a
+    node, every node in the window."""
     page.screenshot(path=str(artifact(f"examples/{frontend}/{name}_{display}.png")))
     boxes = ui.node_boxes(page, display)
     assert not ui.overlaps(boxes), f"{name} in {display}: nodes overlap: {ui.overlaps(boxes)}"
+    assert not ui.covered(page, boxes), f"{name} in {display}: the UI hides nodes: {ui.covered(page, boxes)}"
     x0, y0, x1, y1 = ui.graph_area(page)
     outside = [k for k, (a, b, c, d) in boxes.items() if a < x0 or b < y0 or c > x1 or d > y1]
     assert not outside, f"{name} in {display}: nodes {outside} are out of view: {boxes}"
@@ -282,7 +310,7 @@ def _second_canvas_shows_the_first_result(page, server, entry):
     shown = np.asarray(shot.crop((round(x0), round(y0), round(x0 + w * scale), round(y0 + h * scale)))
                        .resize((w, h), Image.BILINEAR)).astype(np.float64)
     prompt = ui.graph_to_prompt(page)
-    far = ~_disc_mask(shown.shape, _around_the_arrows(12)(prompt))
+    far = ~_disc_mask(shown.shape, _around_the_arrows(12, canvas=w)(prompt, w))
     runs = json.loads(prompt[editors[1]]["inputs"]["points_json"]).get("mask_rle", [w * h])
     painted = np.repeat(np.arange(len(runs)) % 2, runs).reshape(h, w).astype(bool)   # tinted on the canvas
     far &= ~painted
@@ -306,7 +334,7 @@ def _run_in(browser, server, name, workflow, frontend):
         assert ui.dump(prompts["nodes2"]) == ui.dump(prompts["classic"]), "Nodes 2.0 builds another prompt"
         for node in prompts["classic"].values():
             if node["class_type"] == "CheckpointLoaderSimple":
-                assert node["inputs"]["ckpt_name"] == USER_CKPT_NAME
+                assert node["inputs"]["ckpt_name"] == (SDXL_CKPT_NAME if name.startswith("sdxl_") else USER_CKPT_NAME)
 
         # Run in each display, as a user presses Run: the second run is the same prompt, served from the cache.
         outputs = {}
@@ -335,7 +363,7 @@ def test_example_runs_from_the_frontend(browser, comfy_server, path):
     """Both frontends build the same prompt and get the same pixels (the second from the cache); then the content
     check, whose reference runs come last so they do not push the example out of ComfyUI's cache."""
     name = path.stem
-    workflow = json.loads(path.read_text())
+    workflow = at_test_size(json.loads(path.read_text()))
     prompt, image = _run_in(browser, comfy_server, name, workflow, SHIPPED)
     newest_prompt, newest_image = _run_in(browser, comfy_server, name, workflow, NEWEST)
     assert ui.dump(newest_prompt) == ui.dump(prompt), f"frontend {NEWEST} builds another prompt"

@@ -85,6 +85,26 @@ def overlaps(boxes, tolerance=1.0):
     return found
 
 
+def covered(page, boxes):
+    """{node id: [what floats over it]}: a 3x3 grid of points over each node box, each looked up with
+    elementFromPoint; a point is covered when what is on top there is neither the graph canvas nor part of a node
+    (a Nodes 2.0 node, a widget's DOM element), a passing toast, nor the minimap (an overview the user toggles, over
+    whatever lies in its corner). Catches the workflow breadcrumb and the Run toolbar over nodes."""
+    return page.evaluate("""boxes => {
+        const out = {};
+        for (const [id, [x0, y0, x1, y1]] of Object.entries(boxes)) {
+            const over = new Set();
+            for (const fx of [0.03, 0.5, 0.97]) for (const fy of [0.03, 0.5, 0.97]) {
+                const e = document.elementFromPoint(x0 + fx * (x1 - x0), y0 + fy * (y1 - y0));
+                if (!e || e === app.canvas.canvas || e.closest('.lg-node, .dom-widget, .dragedit-points, .p-toast, .litegraph-minimap')) continue;
+                over.add(e.tagName.toLowerCase() + '.' + String(e.className).split(' ')[0]);
+            }
+            if (over.size) out[id] = [...over];
+        }
+        return out;
+    }""", boxes)
+
+
 def graph_area(page):
     """The part of the page where the graph shows: the canvas minus nothing (menus float over it)."""
     return page.evaluate("(() => { const r = app.canvas.canvas.getBoundingClientRect(); "

@@ -7,43 +7,14 @@ pack tests/support/reduced_sdxl in the server's custom_nodes (its detection keys
 encoders are real ones, so the pooled output and the size embedding come from ComfyUI's own encode path. 128² image
 (latent 16²), 10 DDIM steps, few drags: minutes on the 2-core CI CPU.
 """
-import hashlib
-import os
-import pathlib
-import subprocess
-
 import numpy as np
 import pytest
 from PIL import Image
 
-from tests.support.host import COMFY_ROOT, DEV, PYTHON
-from tests.support.pack import REPO
-from tests.support.server import ComfyServer, make_base_dir
+from tests.support.server import SDXL_CKPT_NAME
 
-SDXL_CKPT_NAME = "sd_xl_base_1.0.safetensors"
-REDUCED_SDXL = REPO / "tests" / "support" / "reduced_sdxl"
 SIDE, STEPS = 128, 10
 RED_BALL = 0xC82828   # the red ball's fill in dragedit_scene.png (scripts/draw_example_inputs.py)
-
-
-def _sdxl_checkpoint() -> pathlib.Path:
-    """The reduced SDXL checkpoint, written once per version of its recipe into the dev host."""
-    recipe = hashlib.sha1(b"".join(p.read_bytes() for p in (REPO / "tests" / "support" / "tiny_sdxl.py",
-                                                            REDUCED_SDXL / "__init__.py",
-                                                            REPO / "tests" / "support" / "families.py")))
-    path = DEV / "test_models" / recipe.hexdigest()[:12] / SDXL_CKPT_NAME
-    if not path.exists():
-        subprocess.run([str(PYTHON), "-m", "tests.support.tiny_sdxl", "--comfy-root", str(COMFY_ROOT), "--out",
-                        str(path)], cwd=REPO, check=True, timeout=900)
-    return path
-
-
-@pytest.fixture(scope="module")
-def sdxl_server():
-    base = make_base_dir(extra_checkpoints=[_sdxl_checkpoint()])
-    os.symlink(REDUCED_SDXL, base / "custom_nodes" / "dragedit_test_reduced_sdxl")
-    with ComfyServer(base_dir=base) as server:
-        yield server
 
 
 class Prompt:
@@ -78,8 +49,8 @@ def _save(p, key, samples):
     p.add(f"{key}_save", "SaveImage", images=(f"{key}_decode", 0), filename_prefix=f"dragedit_sdxl_{key}")
 
 
-def test_sdxl_base_checkpoint_runs_reconstruction_move_and_gooddrag(sdxl_server):
-    p = Prompt(sdxl_server.object_info())
+def test_sdxl_base_checkpoint_runs_reconstruction_move_and_gooddrag(comfy_server):
+    p = Prompt(comfy_server.object_info())
     assert SDXL_CKPT_NAME in p.info["CheckpointLoaderSimple"]["input"]["required"]["ckpt_name"][0]
     _head(p)
     p.add("vca", "DragEditVisualCrossAttention", model=("ckpt", 0), memory_bank=("invert", 0), mode="replace")
@@ -103,8 +74,8 @@ def test_sdxl_base_checkpoint_runs_reconstruction_move_and_gooddrag(sdxl_server)
           points=("points", 0), features=("good", 0), preset="custom", drag_steps=2, drags_per_step=2,
           grad_steps_per_drag=1, lr=0.02, max_no_change=0)
     _save(p, "drag", ("drag", 0))
-    entry = sdxl_server.run(p.nodes, timeout=1500)
-    files = {path.name.split("_0")[0].removeprefix("dragedit_sdxl_"): path for path in sdxl_server.output_files(entry)
+    entry = comfy_server.run(p.nodes, timeout=1500)
+    files = {path.name.split("_0")[0].removeprefix("dragedit_sdxl_"): path for path in comfy_server.output_files(entry)
              if path.parent.name == "output"}   # not the previews in temp/
     assert set(files) == {"reconstruct", "move", "drag"}, files
     images = {k: np.asarray(Image.open(v).convert("RGB"), dtype=np.float32) for k, v in files.items()}

@@ -16,13 +16,16 @@ import urllib.request
 
 import pytest
 
-from tests.support.host import COMFY_ROOT, DEV, PYTHON, TEST_CKPT, require_host
+from tests.support.host import COMFY_ROOT, DEV, PYTHON, TEST_CKPT, TEST_SDXL_CKPT, require_host
 from tests.support.pack import REPO
 
 PACK_DIR_NAME = "ComfyUI-DragEdit"
 # The SD-1.5 file ComfyUI's own default workflow loads (frontend 1.32.9 and 1.58.1, src/scripts/defaultGraph.ts):
 # the examples name it, so a user who has it runs them as they are; the harness gives the test checkpoint that name.
 USER_CKPT_NAME = "v1-5-pruned-emaonly-fp16.safetensors"
+# SDXL base's file name: the SDXL examples name it; the harness gives the reduced SDXL test checkpoint that name.
+SDXL_CKPT_NAME = "sd_xl_base_1.0.safetensors"
+REDUCED_SDXL_NODE = pathlib.Path(__file__).parent / "reduced_sdxl"
 
 
 def _pinned(path, package="comfyui-frontend-package"):
@@ -60,18 +63,22 @@ SECOND_FRONTEND_NODE = pathlib.Path(__file__).parent / "second_frontend"
 
 def make_base_dir(pack_dir=REPO, extra_checkpoints=(), second_frontend=False):
     """A fresh ComfyUI base directory: the pack linked in (with `second_frontend`, also the test-only node that
-    serves the other frontend, tests/support/second_frontend), the example inputs in input/, the tutorial seen."""
+    serves the other frontend, tests/support/second_frontend), the test checkpoints under the names users have
+    (SD 1.5's and SDXL base's, with the test-only node that detects the reduced SDXL, tests/support/reduced_sdxl),
+    the example inputs in input/, the tutorial seen."""
     base = pathlib.Path(tempfile.mkdtemp(prefix="dragedit-comfy-"))
     (base / "custom_nodes").mkdir()
     os.symlink(pack_dir, base / "custom_nodes" / PACK_DIR_NAME)
     if second_frontend:
         os.symlink(SECOND_FRONTEND_NODE, base / "custom_nodes" / "dragedit_test_second_frontend")
+    os.symlink(REDUCED_SDXL_NODE, base / "custom_nodes" / "dragedit_test_reduced_sdxl")
     ckpts = base / "models" / "checkpoints"
     ckpts.mkdir(parents=True)
     for ckpt in (TEST_CKPT, *extra_checkpoints):
         os.symlink(ckpt, ckpts / pathlib.Path(ckpt).name)
-    if not (ckpts / USER_CKPT_NAME).exists():
-        os.symlink(TEST_CKPT, ckpts / USER_CKPT_NAME)
+    for user_name, ckpt in ((USER_CKPT_NAME, TEST_CKPT), (SDXL_CKPT_NAME, TEST_SDXL_CKPT)):
+        if not (ckpts / user_name).exists():
+            os.symlink(ckpt, ckpts / user_name)
     for sub in ("input", "output", "temp"):
         (base / sub).mkdir()
     for image in (REPO / "example_workflows" / "inputs").glob("*.png"):
