@@ -6,8 +6,8 @@ Starts ComfyUI (CPU) in a fresh base directory with the pack, converts example_w
 API prompt, runs it and copies the saved image(s) to --out. Without --ckpt it runs demo_move: the pack's own demo
 model (trained by tools/train_demo.py) moves a disc on a generated scene, about a minute on a CPU, and prints how
 close the result is to the scene's exact ground truth; --picture also writes input | result | ground truth side
-by side (the README's docs/images/demo_move.png). With --ckpt it runs `move` (or --workflow) with every
-CheckpointLoaderSimple loading that SD-1.5 checkpoint.
+by side (the README's docs/images/demo_move.png). With --ckpt it runs `move` (or --workflow, e.g. sdxl_move with
+an SDXL checkpoint) with every CheckpointLoaderSimple loading that checkpoint.
 """
 import argparse
 import pathlib
@@ -24,7 +24,7 @@ EXAMPLES = REPO / "example_workflows"
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--ckpt", type=pathlib.Path, help="an SD-1.5 checkpoint (.safetensors); default: the demo model")
+    ap.add_argument("--ckpt", type=pathlib.Path, help="an SD-1.5 checkpoint (.safetensors), or SDXL with an sdxl_ --workflow; default: the demo model")
     ap.add_argument("--workflow", help="example_workflows/<name>.json to run (default: demo_move, with --ckpt move)")
     ap.add_argument("--out", type=pathlib.Path, default=REPO / "demo_output")
     ap.add_argument("--picture", type=pathlib.Path,
