@@ -1,0 +1,93 @@
+"""Where a DragonDiffusion move on the demo model loses the unchanged region and the object's colour (issue 15):
+bench.drag_accuracy's move, with one part of the edit changed at a time, against the default in the same run.
+
+    .dev/venv/bin/python -m bench.edit_ablation [--cases 4] [--steps 50]
+
+Cases: the main command's scene (scripts/draw_example_inputs.demo_case) and --cases generated move cases, scored
+by bench.drag_accuracy.score (centroid px to the true place, unchanged and object MAE 0-255). The parts:
+  energy      the guidance's energy_scale (0: no guided step and no time travel, as the official sampler)
+  noise copy  the object's inverted z_T noise copied to its target before sampling (official; an offset of 0
+              copies nothing, so "energy 0, offset 0" is the plain inversion + reconstruction)
+  bank        Visual Cross-Attention replace on the method's steps
+  SDE         D+'s regional SDE (sde_strength), D: none
+Nothing here asserts.
+"""
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from bench.drag_accuracy import Editor, score
+from bench.support import widget_defaults
+from tests.support import comfy_inproc
+from tests.support.comfy_inproc import run_node
+from tools import scenes
+
+# name -> what differs from the default (the nodes' defaults: D+, SDE 0.4, bank attention, energy scale 500)
+VARIANTS = {
+    "default": {},
+    "energy 0 (noise copy, bank, SDE left)": dict(energy_scale=0.0),
+    "energy 0, offset 0 (reconstruction)": dict(energy_scale=0.0, offset=False),
+    "no bank attention": dict(bank=False),
+    "no SDE": dict(sde_strength=0.0),
+    "schedule D": dict(schedule="D"),
+    "energy scale 1000": dict(energy_scale=1000.0),
+    "energy scale 2000": dict(energy_scale=2000.0),
+    "w_content 12": dict(w_content=12.0),
+}
+
+
+def move(editor: Editor, case, offset=True, bank=True, **changes) -> np.ndarray:
+    """The case's move as bench.drag_accuracy's DragonDiffusion runs it, with `changes` to the guidance's and the
+    sampler's widgets; offset False moves by 0, bank False samples on the plain model."""
+    from comfyui_dragedit.kernels.features import dragon_tap
+
+    nodes = editor.nodes
+    latent = editor.encode(case.image)
+    memory_bank = editor.invert(latent, 1.0)
+    guidance_widgets = widget_defaults(nodes["move"])
+    sampler_widgets = {**widget_defaults(nodes["sampler"]), "cfg": 1.0}   # one prompt, as the demo example
+    for name, value in changes.items():
+        (guidance_widgets if name in guidance_widgets else sampler_widgets)[name] = value
+    dx, dy = (round(case.offset[0]), round(case.offset[1])) if offset else (0, 0)
+    guidance = run_node(nodes["move"], **{**guidance_widgets, "mask": torch.from_numpy(case.mask)[None],
+                                          "offset_x": dx, "offset_y": dy}).result[0]
+    model = editor.model
+    if bank:
+        model = run_node(nodes["vca"], model=model, memory_bank=memory_bank, mode="replace",
+                         step_range="method's steps", start_step=0, end_step=1000).result[0]
+    fam = nodes["host"].family(editor.model, "bench")
+    out = run_node(nodes["sampler"], model=model, memory_bank=memory_bank, guidance=guidance,
+                   features=dragon_tap(fam.dragon_taps, fam.name), positive=editor.cond, negative=editor.cond,
+                   **sampler_widgets).result[0]
+    return editor.decode(out)
+
+
+def _cell(row: dict) -> str:
+    return f"{row['centroid']:5.1f} {row['unchanged']:6.1f} {row['object']:6.1f}"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cases", type=int, default=4, help="generated move cases besides the main command's")
+    ap.add_argument("--steps", type=int, default=50, help="DDIM steps")
+    args = ap.parse_args()
+    comfy_inproc.import_comfy()
+    from scripts.draw_example_inputs import demo_case
+
+    editor = Editor(args.steps)
+    cases = {"main command": demo_case(), **{f"move {s}": scenes.drag_case(s, "move") for s in range(args.cases)}}
+    print(f"DragonDiffusion move on the demo model, {args.steps} DDIM steps: the main command's case, and the mean "
+          f"over {args.cases} generated move cases (centroid px / unchanged / object, MAE 0-255)")
+    print(f"{'':40}{'main command':>22}{'generated (mean)':>24}")
+    for name, changes in VARIANTS.items():
+        start = time.time()
+        rows = {key: score(case, move(editor, case, **changes)) for key, case in cases.items()}
+        main_row = rows.pop("main command")
+        mean = {m: float(np.mean([r[m] for r in rows.values()])) for m in ("centroid", "unchanged", "object")}
+        print(f"{name:40}{_cell(main_row):>22}{_cell(mean):>24}   ({time.time() - start:.0f} s)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
