@@ -466,3 +466,51 @@ def test_other_model_families_are_refused_by_name(nodes_, config):
     with pytest.raises(DragEditInputError, match=rf"model.*is {why}.*Load one of the supported models: SD 1\.x, SD "
                                                  r"2\.x \(eps or v\) and SDXL"):
         nodes_.host.family(model, "DDIM Inversion")
+
+
+# ---- patches a user stacks on the MODEL ---------------------------------------------------------------------------
+
+def test_comfyuis_freeu_scales_the_sdxl_decoder_in_both_samplers_as_in_a_ksampler(nodes_):
+    """FreeU, ComfyUI's own node, scales the output blocks whose width is 4x or 2x model_channels. SDXL's layout
+    has both (the SD-1.5 test model is one width throughout, where FreeU never acts), so here the real FreeU must
+    run in the pack's samplers as in a KSampler: on the denoising and estimator passes of the Guided Sampler and on
+    the drag and denoising passes of the AlDD scheduler, and change both edits."""
+    from comfy_extras.nodes_freelunch import FreeU
+
+    model = families.build("sdxl")
+    scale = model.model.latent_format.scale_factor
+    cond, uncond = families.conditioning("sdxl", seed=1), families.conditioning("sdxl", seed=2)
+    freeu = FreeU().patch(model, b1=1.3, b2=1.4, s1=0.9, s2=0.2)[0]
+    patches = freeu.model_options["transformer_options"]["patches"]
+    [freeu_patch] = patches["output_block_patch"]
+    widths = {4 * families.unet_config("sdxl")["model_channels"], 2 * families.unet_config("sdxl")["model_channels"]}
+    scaled = []   # the pass of every FreeU call on a block it scales
+
+    def counted(h, hsp, transformer_options):
+        if h.shape[1] in widths:
+            run = transformer_options.get("dragedit")
+            scaled.append(None if run is None else run.phase)
+        return freeu_patch(h, hsp, transformer_options)
+
+    patches["output_block_patch"] = [counted]
+    latent = image_latent(0, DIRECTION, OBJECT, scale)
+    bank = invert(nodes_, model, latent, cond)[0]
+    guidance = node_run(nodes_.move, **GEOMETRY["move"])[0]
+    dragon = node_run(nodes_.features, model=model, preset="DragonDiffusion")[0]
+    moved = {name: node_run(nodes_.sampler, model=m, memory_bank=bank, guidance=guidance, features=dragon,
+                            positive=cond, negative=uncond, schedule="D")[0]["samples"]
+             for name, m in (("plain", model), ("freeu", freeu))}
+    guided_passes = set(scaled)
+    scaled.clear()
+    drag_bank = invert(nodes_, model, latent, cond, strength=0.8, layers="none")[0]
+    good = node_run(nodes_.features, model=model, preset="GoodDrag / DragDiffusion")[0]
+    dragged = {name: node_run(nodes_.aldd, model=m, memory_bank=drag_bank, positive=cond,
+                              points=DragPoints(((48.0, 52.0, 88.0, 52.0),), (IMAGE, IMAGE)), features=good,
+                              preset="custom", drag_steps=2, drags_per_step=2, grad_steps_per_drag=1, lr=0.05,
+                              max_no_change=0)[0]["samples"]
+               for name, m in (("plain", model), ("freeu", freeu))}
+    assert guided_passes == {"denoise", "estimate"}, guided_passes
+    assert set(scaled) == {"denoise", "estimate"}, set(scaled)   # AlDD's drag passes read features: "estimate"
+    for out in (moved, dragged):
+        assert torch.isfinite(out["freeu"]).all()
+        assert (out["freeu"] - out["plain"]).abs().mean() > 1e-3 * out["plain"].abs().mean()
