@@ -514,3 +514,37 @@ def test_comfyuis_freeu_scales_the_sdxl_decoder_in_both_samplers_as_in_a_ksample
     for out in (moved, dragged):
         assert torch.isfinite(out["freeu"]).all()
         assert (out["freeu"] - out["plain"]).abs().mean() > 1e-3 * out["plain"].abs().mean()
+
+
+def test_masactrl_reads_the_source_in_the_layers_its_setting_names_on_sdxl(nodes_, monkeypatch):
+    """GoodDrag's MasaCtrl denoising on SDXL: 'by resolution' attends to the source in the 6 self-attentions of
+    output blocks 3-5, 'whole decoder' in all 36 of output blocks 0-5, counted where the patch replaced the keys on
+    the live model's denoising passes; the two settings give different edits."""
+    host = nodes_.host
+    reached = []
+    inner = host.MasaCtrlPatch.__call__
+
+    def counting(self, n, context_attn1, value_attn1, extra_options):
+        out = inner(self, n, context_attn1, value_attn1, extra_options)
+        if out[1] is not n:
+            reached.append(host.layer_key(extra_options))
+        return out
+
+    monkeypatch.setattr(host.MasaCtrlPatch, "__call__", counting)
+    model = families.build("sdxl")
+    cond = families.conditioning("sdxl", seed=1)
+    latent = image_latent(0, DIRECTION, OBJECT, model.model.latent_format.scale_factor)
+    bank = invert(nodes_, model, latent, cond, strength=0.8, layers="none")[0]
+    good = node_run(nodes_.features, model=model, preset="GoodDrag / DragDiffusion")[0]
+    layers, edits = {}, {}
+    for setting in (host.MASACTRL_BY_RESOLUTION, host.MASACTRL_WHOLE_DECODER):
+        reached.clear()
+        edits[setting] = node_run(nodes_.aldd, model=model, memory_bank=bank, positive=cond,
+                                  points=DragPoints(((48.0, 52.0, 88.0, 52.0),), (IMAGE, IMAGE)), features=good,
+                                  preset="custom", drag_steps=1, drags_per_step=2, grad_steps_per_drag=1, lr=0.05,
+                                  max_no_change=0, masactrl_layers=setting)[0]["samples"]
+        layers[setting] = set(reached)
+    by_resolution, whole = layers[host.MASACTRL_BY_RESOLUTION], layers[host.MASACTRL_WHOLE_DECODER]
+    assert {block for _, block, _ in by_resolution} == {3, 4, 5} and len(by_resolution) == 6, sorted(by_resolution)
+    assert {block for _, block, _ in whole} == {0, 1, 2, 3, 4, 5} and len(whole) == 36, sorted(whole)
+    assert not torch.allclose(edits[host.MASACTRL_BY_RESOLUTION], edits[host.MASACTRL_WHOLE_DECODER], atol=1e-5)
