@@ -93,7 +93,7 @@ class Editor:
             box = torch.zeros(1, h, w)
             box[:, h // 4:h // 2, w // 4:w // 2] = 1.0
             node, geometry = self.nodes["move"], dict(mask=box, energy_scale=0.0)
-            return self._sample(bank, node, geometry, self.model)
+            return self.sample(bank, node, geometry, self.model)
         mask = torch.from_numpy(case.mask)[None]
         if case.mode == "move":
             node, geometry = self.nodes["move"], dict(mask=mask, offset_x=round(case.offset[0]),
@@ -108,14 +108,16 @@ class Editor:
                          mode="concat" if case.mode == "drag" else "replace", step_range="method's steps",
                          start_step=0, end_step=1000).result[0]
         sde_strength = widget_defaults(self.nodes["sampler"])["sde_strength"]
-        return self._sample(bank, node, geometry, model, sde_strength=sde_strength)
+        return self.sample(bank, node, geometry, model, sde_strength=sde_strength)
 
-    def _sample(self, bank, guidance_node, geometry, model, sde_strength=0.0) -> dict:
+    def sample(self, bank, guidance_node, geometry, model, sde_strength=0.0, **sampler_widgets) -> dict:
+        """The Guided Sampler on `model` with the guidance node's defaults updated by `geometry` and the sampler's
+        by `sde_strength` and `sampler_widgets`."""
         from comfyui_dragedit.kernels.features import dragon_tap
 
         fam = self.nodes["host"].family(self.model, "bench")
         guidance = run_node(guidance_node, **{**widget_defaults(guidance_node), **geometry}).result[0]
-        settings = {**widget_defaults(self.nodes["sampler"]), "sde_strength": sde_strength}
+        settings = {**widget_defaults(self.nodes["sampler"]), "sde_strength": sde_strength, **sampler_widgets}
         return run_node(self.nodes["sampler"], model=model, memory_bank=bank, guidance=guidance,
                         features=dragon_tap(fam.dragon_taps, fam.name),
                         positive=self.cond, negative=self.cond, **settings).result[0]

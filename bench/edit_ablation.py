@@ -39,29 +39,21 @@ VARIANTS = {
 
 
 def move(editor: Editor, case, offset=True, bank=True, **changes) -> np.ndarray:
-    """The case's move as bench.drag_accuracy's DragonDiffusion runs it, with `changes` to the guidance's and the
-    sampler's widgets; offset False moves by 0, bank False samples on the plain model."""
-    from comfyui_dragedit.kernels.features import dragon_tap
-
+    """The case's move as bench.drag_accuracy's DragonDiffusion runs it (Editor.dragon), with `changes` to the
+    guidance's and the sampler's widgets; offset False moves by 0, bank False samples on the plain model."""
     nodes = editor.nodes
-    latent = editor.encode(case.image)
-    memory_bank = editor.invert(latent, 1.0)
-    guidance_widgets = widget_defaults(nodes["move"])
-    sampler_widgets = {**widget_defaults(nodes["sampler"]), "cfg": 1.0}   # one prompt, as the demo example
-    for name, value in changes.items():
-        (guidance_widgets if name in guidance_widgets else sampler_widgets)[name] = value
+    memory_bank = editor.invert(editor.encode(case.image), 1.0)
+    guidance_names = widget_defaults(nodes["move"])
     dx, dy = (round(case.offset[0]), round(case.offset[1])) if offset else (0, 0)
-    guidance = run_node(nodes["move"], **{**guidance_widgets, "mask": torch.from_numpy(case.mask)[None],
-                                          "offset_x": dx, "offset_y": dy}).result[0]
+    geometry = dict(mask=torch.from_numpy(case.mask)[None], offset_x=dx, offset_y=dy,
+                    **{k: v for k, v in changes.items() if k in guidance_names})
+    sampler = {"sde_strength": widget_defaults(nodes["sampler"])["sde_strength"],
+               **{k: v for k, v in changes.items() if k not in guidance_names}}
     model = editor.model
     if bank:
         model = run_node(nodes["vca"], model=model, memory_bank=memory_bank, mode="replace",
                          step_range="method's steps", start_step=0, end_step=1000).result[0]
-    fam = nodes["host"].family(editor.model, "bench")
-    out = run_node(nodes["sampler"], model=model, memory_bank=memory_bank, guidance=guidance,
-                   features=dragon_tap(fam.dragon_taps, fam.name), positive=editor.cond, negative=editor.cond,
-                   **sampler_widgets).result[0]
-    return editor.decode(out)
+    return editor.decode(editor.sample(memory_bank, nodes["move"], geometry, model, **sampler))
 
 
 def _cell(row: dict) -> str:
@@ -73,6 +65,8 @@ def main():
     ap.add_argument("--cases", type=int, default=4, help="generated move cases besides the main command's")
     ap.add_argument("--steps", type=int, default=50, help="DDIM steps")
     args = ap.parse_args()
+    if args.cases < 1:
+        ap.error("--cases must be at least 1 (the generated cases' mean is a column)")
     comfy_inproc.import_comfy()
     from scripts.draw_example_inputs import demo_case
 

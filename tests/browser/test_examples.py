@@ -96,8 +96,8 @@ def without_edit(prompt):
 # ------------------------------------------------------------------------------------------------ content checks
 
 def _pairs(prompt, width):
-    """Every arrow of the example's canvases, in the pixels of a `width`-wide result (canvas sizes differ: the
-    SDXL examples draw on their 1024² working image, the tests run them smaller)."""
+    """Every arrow of the example's canvases, in the pixels of a `width`-wide result (the canvas and the result
+    differ in size: the SDXL examples draw on the 256² scene and edit at Drag Working Resolution's size)."""
     pairs = []
     for key in _nodes_of(prompt, "DragEditPoints"):
         data = json.loads(prompt[key]["inputs"]["points_json"])
