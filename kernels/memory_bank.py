@@ -115,9 +115,8 @@ class BankRecorder:
         self._latents[t] = self._store(z, torch.float32)
 
     def _store(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        stored = x.detach().to(self._device, dtype, non_blocking=True)
-        # Copy when nothing was converted, so the bank never aliases a tensor the host may reuse.
-        return stored.clone() if stored.data_ptr() == x.data_ptr() else stored
+        # Always a copy (copy=True), so the bank never aliases a tensor the host may reuse.
+        return x.detach().to(self._device, dtype, non_blocking=True, copy=True)
 
     def finish(self, alphas_cumprod: torch.Tensor, fingerprint: str) -> MemoryBank:
         """The frozen bank; needs z0 (t = -1) and at least one inverted latent."""

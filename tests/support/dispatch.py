@@ -40,3 +40,42 @@ class OpCounter(TorchDispatchMode):
     @property
     def total(self) -> int:
         return sum(self.ops.values())
+
+
+
+class CompileCounter:
+    """A torch.compile backend that counts the graphs dynamo hands it and their calls, running each through
+    aot_eager (the forward and backward graphs inductor would compile, without code generation). As a context it
+    resets dynamo before and after, and keeps the graph breaks seen inside (issue 12: what a capture would meet)."""
+
+    def __init__(self):
+        from torch._dynamo import lookup_backend
+
+        self._aot_eager = lookup_backend("aot_eager")
+        self.graphs = 0
+        self.calls = 0
+        self.graph_breaks: dict[str, int] = {}
+
+    def __call__(self, graph_module, example_inputs):
+        self.graphs += 1
+        compiled = self._aot_eager(graph_module, example_inputs)
+
+        def run(*args):
+            self.calls += 1
+            return compiled(*args)
+        return run
+
+    def __enter__(self):
+        import torch._dynamo
+        from torch._dynamo.utils import counters
+
+        torch._dynamo.reset()
+        counters.clear()
+        return self
+
+    def __exit__(self, *exc):
+        import torch._dynamo
+        from torch._dynamo.utils import counters
+
+        self.graph_breaks = dict(counters["graph_break"])
+        torch._dynamo.reset()
