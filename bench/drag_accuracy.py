@@ -1,10 +1,12 @@
 """Drag accuracy with ground truth: generated scenes (tools/scenes.py) edited by the pack's nodes on the demo model.
 
     .dev/venv/bin/python -m bench.drag_accuracy [--cases 8] [--steps 50] [--sheet docs/images/demo_drag_cases.png]
-                                                [--model another_demo_file.safetensors]
+                                                [--model another_demo_file.safetensors] [--fast 25]
 
 Per mode (move, resize, drag) and method (DragonDiffusion, GoodDrag, and the do-nothing baseline: inversion and
-reconstruction with zero energy), over --cases cases:
+reconstruction with zero energy), over --cases cases; with --fast N also each method's fast preset (D+ on a bank of
+N DDIM steps, its guided steps rescaled; GoodDrag's "gooddrag fast" preset on N steps) beside the full budget, with
+the UNet passes and CPU seconds per edit of each, so the table shows what the speed costs:
   centroid px   distance from the edited object's centroid in the output to its ground-truth centroid. The
                 object is found by template matching: the input's object (its pixels under its mask) is shifted
                 (and, for resize, scaled about its centre) to where it fits the output best (least masked squared
@@ -20,11 +22,12 @@ Nothing here asserts: the tests do (tests/e2e/test_demo_move.py for the main com
 """
 import argparse
 import math
+import time
 
 import numpy as np
 import torch
 
-from bench.support import widget_defaults
+from bench.support import PassCounter, widget_defaults
 from tests.support import comfy_inproc
 from tests.support.comfy_inproc import run_node
 from tests.support.pack import load_pack
@@ -32,6 +35,7 @@ from tools import scenes, train_demo
 
 MODES = ("move", "resize", "drag")
 METHODS = ("baseline", "DragonDiffusion", "GoodDrag")
+FAST = " fast"  # suffix of a method's fast-preset row
 MD_TIMESTEP = 261
 
 
@@ -78,16 +82,17 @@ class Editor:
             pixels = self.vae.decode(latent["samples"])
         return (pixels.reshape(pixels.shape[-3:]).clamp(0, 1).numpy() * 255).round().astype(np.uint8)
 
-    def invert(self, latent, strength, layers="family default"):
+    def invert(self, latent, strength, layers="family default", steps=None):
         return run_node(self.nodes["inversion"], model=self.model, latent=latent, positive=self.cond,
-                        steps=self.steps, strength=strength, layers=layers, bank_device="offload (CPU)").result[0]
+                        steps=steps or self.steps, strength=strength, layers=layers,
+                        bank_device="offload (CPU)").result[0]
 
-    def dragon(self, case, latent, baseline=False) -> dict:
-        """DragonDiffusion's edit of the case; baseline: zero energy, no bank attention, no SDE (a plain DDIM
-        reconstruction from the inverted latent)."""
+    def dragon(self, case, latent, baseline=False, steps=None) -> dict:
+        """DragonDiffusion's edit of the case on a bank of `steps` DDIM steps (None: the full schedule); baseline:
+        zero energy, no bank attention, no SDE (a plain DDIM reconstruction from the inverted latent)."""
         from comfyui_dragedit.kernels.points import DragPoints
 
-        bank = self.invert(latent, 1.0)
+        bank = self.invert(latent, 1.0, steps=steps)
         if baseline:  # zero energy: the mask only has to be valid
             h, w = latent["samples"].shape[-2] * 8, latent["samples"].shape[-1] * 8
             box = torch.zeros(1, h, w)
@@ -122,23 +127,29 @@ class Editor:
                         features=dragon_tap(fam.dragon_taps, fam.name),
                         positive=self.cond, negative=self.cond, **settings).result[0]
 
-    def gooddrag(self, case, latent) -> dict:
+    def gooddrag(self, case, latent, steps=None) -> dict:
+        """GoodDrag's edit of the case: the node's default preset, or with `steps` "gooddrag fast" on that many."""
         from comfyui_dragedit.kernels.aldd import GOODDRAG
         from comfyui_dragedit.kernels.features import gooddrag_tap
         from comfyui_dragedit.kernels.points import DragPoints
 
         size = case.image.shape[0]
-        bank = self.invert(latent, GOODDRAG.settings.strength)
+        bank = self.invert(latent, GOODDRAG.settings.strength, steps=steps)
         points = DragPoints((case.handle + case.target,), (size, size))
+        widgets = widget_defaults(self.nodes["aldd"])
+        if steps:
+            widgets["preset"] = "gooddrag fast"
         return run_node(self.nodes["aldd"], model=self.model, memory_bank=bank, positive=self.cond, points=points,
-                        features=gooddrag_tap(8, "SD 1.x"), mask=_editable_region(case),
-                        **widget_defaults(self.nodes["aldd"])).result[0]
+                        features=gooddrag_tap(8, "SD 1.x"), mask=_editable_region(case), **widgets).result[0]
 
-    def edit(self, case, method) -> np.ndarray:
+    def edit(self, case, method, fast_steps=None) -> np.ndarray:
+        """The case edited by `method` (a METHODS name, or one with the FAST suffix: its fast preset)."""
         latent = self.encode(case.image)
+        steps = fast_steps if method.endswith(FAST) else None
+        method = method.removesuffix(FAST)
         if method == "GoodDrag":
-            return self.decode(self.gooddrag(case, latent))
-        return self.decode(self.dragon(case, latent, baseline=method == "baseline"))
+            return self.decode(self.gooddrag(case, latent, steps))
+        return self.decode(self.dragon(case, latent, baseline=method == "baseline", steps=steps))
 
     def features(self, image: np.ndarray) -> torch.Tensor:
         """DIFT-style features of an image: output block 8 at t=261 with fixed noise, [C, H/2, W/2]."""
@@ -238,6 +249,8 @@ def main():
     ap.add_argument("--scenes", type=int, default=16, help="held-out scenes for the reconstruction PSNR (0: skip)")
     ap.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of " + ", ".join(MODES))
     ap.add_argument("--model", help="a demo model file (tools/train_demo.py) to measure instead of the shipped one")
+    ap.add_argument("--fast", type=int, default=0, metavar="STEPS",
+                    help="also each method's fast preset on STEPS DDIM steps (25: the presets' budget); 0: skip")
     ap.add_argument("--sheet", help="also write a PNG: per case input (handle red, target blue), ground truth, "
                                     "then each method's output")
     ap.add_argument("--threads", type=int, default=1,
@@ -247,13 +260,18 @@ def main():
         torch.set_num_threads(args.threads)
     comfy_inproc.import_comfy()
     editor = Editor(args.steps, args.model)
+    passes = PassCounter()
+    editor.model = passes.attach(editor.model)
     modes = [m for m in MODES if m in args.modes.split(",")]
+    methods = METHODS + tuple(m + FAST for m in METHODS[1:] if args.fast)
     if args.scenes:
         inverted, autoencoded = reconstruction_psnr(editor, args.scenes)
         print(f"Held-out scenes ({args.scenes}): DDIM inversion + reconstruction {inverted:.2f} dB PSNR, the "
               f"autoencoder alone {autoencoded:.2f} dB")
-    print(f"Drag accuracy on the demo model, {args.cases} cases per mode at 128x128, {args.steps} DDIM steps")
-    print(f"{'mode':8}{'method':17}{'centroid px':>12}{'reached':>9}{'unchanged':>11}{'object':>8}{'MD px':>8}")
+    fast = f" (fast presets: {args.fast})" if args.fast else ""
+    print(f"Drag accuracy on the demo model, {args.cases} cases per mode at 128x128, {args.steps} DDIM steps{fast}")
+    print(f"{'mode':8}{'method':22}{'centroid px':>12}{'reached':>9}{'unchanged':>11}{'object':>8}{'MD px':>8}"
+          f"{'passes':>8}{'CPU s':>7}")
     sheet, table = {}, {}
     for mode in modes:
         cases = [scenes.drag_case(seed, mode) for seed in range(args.cases)]
@@ -262,20 +280,23 @@ def main():
         object_before = [np.abs(c.image.astype(np.int16) - c.expected.astype(np.int16))[c.expected_mask >= 0.5].mean()
                          for c in cases]
         reached = "0.00" if mode == "resize" else ""
-        print(f"{mode:8}{'input':17}{np.mean(before):>12.1f}{reached:>9}{0.0:>11.1f}{np.mean(object_before):>8.1f}"
+        print(f"{mode:8}{'input':22}{np.mean(before):>12.1f}{reached:>9}{0.0:>11.1f}{np.mean(object_before):>8.1f}"
               f"{np.mean(md_before):>8.1f}", flush=True)
         f_inputs = [editor.features(c.image) for c in cases]
-        for method in METHODS:
+        for method in methods:
             rows = []
             for k, (case, f_in) in enumerate(zip(cases, f_inputs)):
-                output = editor.edit(case, method)
+                calls, started = passes.calls, time.process_time()
+                output = editor.edit(case, method, args.fast)
+                cost = dict(passes=passes.calls - calls, seconds=time.process_time() - started)
                 row = measure(case, output, f_in, editor.features(output))
-                rows.append(dict(row, reached=scale_reached(case, row["scale"]) if mode == "resize" else 0.0))
+                rows.append(dict(row, **cost, reached=scale_reached(case, row["scale"]) if mode == "resize" else 0.0))
                 sheet.setdefault((mode, k), [_marked(case), case.expected]).append(output)
             mean = table[mode, method] = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
             reached = f"{mean['reached']:.2f}" if mode == "resize" else ""
-            print(f"{'':8}{method:17}{mean['centroid']:>12.1f}{reached:>9}{mean['unchanged']:>11.1f}"
-                  f"{mean['object']:>8.1f}{mean['md']:>8.1f}", flush=True)
+            print(f"{'':8}{method:22}{mean['centroid']:>12.1f}{reached:>9}{mean['unchanged']:>11.1f}"
+                  f"{mean['object']:>8.1f}{mean['md']:>8.1f}{mean['passes']:>8.0f}{mean['seconds']:>7.1f}",
+                  flush=True)
 
     if args.scenes and len(modes) == len(MODES):  # the targets need the reconstruction and every mode
         print("Targets (issue 15), each against its baseline in this run:")
@@ -286,7 +307,7 @@ def main():
         rows = [np.concatenate([np.pad(tile, ((1, 1), (1, 1), (0, 0)), constant_values=255) for tile in tiles], 1)
                 for tiles in sheet.values()]
         Image.fromarray(np.concatenate(rows, 0)).save(args.sheet)
-        print(f"wrote {args.sheet}: columns input, ground truth, {', '.join(METHODS)}")
+        print(f"wrote {args.sheet}: columns input, ground truth, {', '.join(methods)}")
 
 
 def _marked(case) -> np.ndarray:
