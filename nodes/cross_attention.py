@@ -19,31 +19,40 @@ def _mask_2d(mask, input_name):
     return m.detach().float().cpu().clone()
 
 
-def bank_context(bank, mode, bank_replace=None, mask_base=None, mask_replace=None):
-    """context(layer, t, n) -> (context, value) of the mode, for host.BankAttentionPatch.
+class BankContext:
+    """The mode's keys/values from one bank (or two, for 'masked'), for host.BankAttentionPatch: `entries(t, layer)`
+    are the bank tensors a step needs, which the patch keeps in its step slots; calling it gives (context, value)
+    of `n` from those entries. Masked mode's token indices are made here, once per layer (the loop never syncs on
+    a data-dependent shape)."""
 
-    Masked mode's token indices are made here, once per layer (the loop never syncs on a data-dependent shape).
-    """
-    latent_hw = tuple(bank.latent_shape[-2:])
-    indices = {}
-    if mode == "masked":
-        first = bank.timesteps[0]
-        for layer in bank.layers:
-            grid = bank_attention.token_grid(bank.attention_input(first, layer).shape[1], latent_hw)
-            indices[layer] = bank_attention.masked_token_indices(mask_base, mask_replace, grid, bank.device)
+    def __init__(self, bank, mode, bank_replace=None, mask_base=None, mask_replace=None):
+        self.bank, self.mode, self.bank_replace = bank, mode, bank_replace
+        self.indices = {}
+        if mode == "masked":
+            latent_hw = tuple(bank.latent_shape[-2:])
+            for layer in bank.layers:
+                grid = bank_attention.token_grid(bank.attention_input(bank.timesteps[0], layer).shape[1], latent_hw)
+                self.indices[layer] = bank_attention.masked_token_indices(mask_base, mask_replace, grid, bank.device)
 
-    def context(layer, t, n):
-        n_ref = bank.attention_input(t, layer)
+    def __deepcopy__(self, memo):
+        return self
+
+    def entries(self, t: int, layer) -> tuple:
+        """The bank entries of `layer` at t: (n_ref,), or (n_base, n_replace) in masked mode."""
+        if self.mode == "masked":
+            return self.bank.attention_input(t, layer), self.bank_replace.attention_input(t, layer)
+        return (self.bank.attention_input(t, layer),)
+
+    def __call__(self, layer, n, entries):
+        n_ref = entries[0]
         if n_ref.shape[1:] != n.shape[1:]:
             raise DragEditInputError(NAME, "memory_bank", f"holds {n_ref.shape[1]} tokens at {layer} but the "
                                      f"sampler runs {n.shape[1]}", "Sample a latent of the inverted image's size")
-        if mode == "replace":
+        if self.mode == "replace":
             return bank_attention.replace_context(n, n_ref)
-        if mode == "concat":
+        if self.mode == "concat":
             return bank_attention.concat_context(n, n_ref)
-        return bank_attention.masked_context(n, n_ref, bank_replace.attention_input(t, layer), *indices[layer])
-
-    return context
+        return bank_attention.masked_context(n, n_ref, entries[1], *self.indices[layer])
 
 
 class DragEditVisualCrossAttention(DragEditNode):
@@ -120,7 +129,7 @@ class DragEditVisualCrossAttention(DragEditNode):
         steps = None if step_range == STEP_RANGES[0] else frozenset(memory_bank.timesteps[start_step:end_step + 1])
         patched = model.clone()
         patched.set_model_attn1_patch(host.BankAttentionPatch(
-            memory_bank.layers, bank_context(memory_bank, mode, memory_bank_replace, **masks), memory_bank.nearest_t,
+            memory_bank.layers, BankContext(memory_bank, mode, memory_bank_replace, **masks), memory_bank.nearest_t,
             steps))
         return io.NodeOutput(patched)
 

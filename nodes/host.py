@@ -22,6 +22,7 @@ import comfy.model_patcher
 import comfy.model_sampling
 import comfy.samplers
 import comfy.utils
+from comfy_api.torch_helpers.torch_compile import TORCH_COMPILE_KWARGS
 import latent_preview
 
 from ..kernels import bank_attention, schedule
@@ -222,16 +223,36 @@ def layer_key(extra_options) -> tuple:
 class BankAttentionPatch(_Patch):
     """attn1_patch of Visual Cross-Attention: the decoder self-attention reads keys/values from a memory bank.
 
-    context(layer, t, n) -> (context, value) gives the mode's tokens. In the pack's samplers the run says the step:
-    the plan's `bank_attention` flag decides (DragonDiffusion: move/drag from step 5, appearance/paste to step 35 of
-    50), or `steps`, a set of bank timesteps, overrides it; it acts on "denoise" passes only, never in the estimator
-    or time travel's re-noise. In a stock sampler (no run) it acts on `steps` (default: every bank step), finding t
-    from sigma once per UNet call.
+    context: a cross_attention.BankContext (the mode's tokens from the bank's entries). In the pack's samplers the
+    run prepares every pass before it runs (`prepare`): the plan's `bank_attention` flag decides (DragonDiffusion:
+    move/drag from step 5, appearance/paste to step 35 of 50), or `steps`, a set of bank timesteps, overrides it,
+    and the step's bank entries are copied into step slots, device tensors that keep their storage from pass to
+    pass, so the forward reads no Python step number and a compiled or captured pass sees the same inputs on every
+    step (issue 12). It acts on "denoise" passes only, never in the estimator or time travel's re-noise. In a
+    stock sampler (no run) it acts on `steps` (default: every bank step), finding t from sigma once per UNet call.
     """
 
     def __init__(self, layers, context, nearest_t, steps=None):
         self.layers, self.context, self.nearest_t, self.steps = frozenset(layers), context, nearest_t, steps
         self._last_sigmas = self._last_t = None
+        self.active = False   # whether the pass the run prepared reads the bank
+        self._slots, self._slot_key = {}, None
+
+    def prepare(self, step, device) -> None:
+        """Before a denoise pass of the pack's samplers at `step`: decide whether the bank acts, and if so fill the
+        step slots with the bank's entries at step.t (once per step: time travel's repeats reuse them)."""
+        self.active = step.bank_attention if self.steps is None else step.t in self.steps
+        if not self.active or self._slot_key == (step.t, device):
+            return
+        for layer in self.layers:
+            entries = self.context.entries(step.t, layer)
+            slots = self._slots.get(layer)
+            if slots is None or slots[0].device != device:
+                self._slots[layer] = tuple(entry.to(device, copy=True) for entry in entries)
+            else:
+                for slot, entry in zip(slots, entries):
+                    slot.copy_(entry, non_blocking=True)
+        self._slot_key = (step.t, device)
 
     def __call__(self, n, context_attn1, value_attn1, extra_options):
         layer = layer_key(extra_options)
@@ -239,16 +260,15 @@ class BankAttentionPatch(_Patch):
             return n, context_attn1, value_attn1
         run = extra_options.get(RUN_KEY)
         if run is not None:
-            if run.phase != "denoise":
+            if run.phase != "denoise" or not self.active:
                 return n, context_attn1, value_attn1
-            t = run.step.t
-            active = run.step.bank_attention if self.steps is None else t in self.steps
+            entries = self._slots[layer]
         else:
             t = self._t_of(extra_options["sigmas"])
-            active = self.steps is None or t in self.steps
-        if not active:
-            return n, context_attn1, value_attn1
-        ctx, val = self.context(layer, t, n)
+            if self.steps is not None and t not in self.steps:
+                return n, context_attn1, value_attn1
+            entries = self.context.entries(t, layer)
+        ctx, val = self.context(layer, n, entries)
         return n, ctx, val
 
     def _t_of(self, sigmas):
@@ -259,17 +279,26 @@ class BankAttentionPatch(_Patch):
 
 
 class RecordPatch(_Patch):
-    """attn1_patch of the inversion: hands each kept self-attention input to `record(t, layer, n)`."""
+    """attn1_patch of the inversion: keeps each kept layer's self-attention input of the pass, which `drain(t)` then
+    hands to `record(t, layer, n)`. The forward only fills a dict that is empty when it starts, and never reads the
+    step's t, so a compiled inversion pass is one graph for every step (issue 12)."""
 
     def __init__(self, layers, record):
         self.layers, self.record = frozenset(layers), record
+        self.captured = {}
 
     def __call__(self, n, context_attn1, value_attn1, extra_options):
         run = extra_options.get(RUN_KEY)
         layer = layer_key(extra_options)
         if run is not None and run.phase == "invert" and layer in self.layers:
-            self.record(run.step.t, layer, n)
+            self.captured[layer] = n
         return n, context_attn1, value_attn1
+
+    def drain(self, t: int) -> None:
+        """After the inversion pass at t: record what it captured."""
+        for layer, n in self.captured.items():
+            self.record(t, layer, n)
+        self.captured.clear()
 
 
 class MasaCtrlPatch(_Patch):
@@ -352,6 +381,11 @@ class Passes:
         sigmas = self.base.model_sampling.sigmas.detach()
         self.sigmas = sigmas.to(self.device, torch.float32).clone()
         self.alphas_cumprod = schedule.alphas_cumprod_from_sigmas(sigmas.cpu())
+        attn1 = options.get("transformer_options", {}).get("patches", {}).get("attn1_patch", [])
+        self.bank_patches = [patch for patch in attn1 if isinstance(patch, BankAttentionPatch)]
+        # A compiled MODEL (TorchCompileModel) runs estimate passes whole: the exception that stops an eager forward
+        # after the last tap cannot leave a compiled graph, and dynamo would run the pass eagerly instead (issue 12).
+        self.truncate = TORCH_COMPILE_KWARGS not in options
 
     def _x_sigma(self, z, t: int):
         sigma = self.sigmas[t:t + 1].expand(z.shape[0])
@@ -365,13 +399,17 @@ class Passes:
     def eps(self, z, step, cfg: bool = False) -> torch.Tensor:
         """eps [B, 4, h, w] at step.t for the pass `step.phase`; cfg: the guider's CFG (negative and scale)."""
         self.run.phase, self.run.step = step.phase, step
+        if step.phase == "denoise":
+            for patch in self.bank_patches:
+                patch.prepare(step, self.device)
         x, sigma = self._x_sigma(z, step.t)
         return (x - self._denoised(x, sigma, cfg)) / sigma[:, None, None, None]
 
     def features(self, z, t: int, tap: FeatureTap, need_eps: bool = False):
         """(eps or None, [features]) of one cond-only estimate pass at t: the tapped decoder outputs resized as the
-        tap says. Without need_eps the forward stops after the last tap (the official estimator's saving, §2)."""
-        recorder = FeatureRecorder(tap, self.image_hw(z), truncate=not need_eps)
+        tap says. Without need_eps the forward stops after the last tap (the official estimator's saving, §2),
+        unless the model is compiled (eps is then computed and dropped)."""
+        recorder = FeatureRecorder(tap, self.image_hw(z), truncate=self.truncate and not need_eps)
         self.run.phase, self.run.step, self.run.features = "estimate", None, recorder
         x, sigma = self._x_sigma(z, t)
         eps = None
@@ -382,7 +420,7 @@ class Passes:
             pass
         finally:
             self.run.features = None
-        return eps, recorder.features()
+        return (eps if need_eps else None), recorder.features()
 
     @staticmethod
     def image_hw(z) -> tuple[int, int]:
@@ -440,11 +478,25 @@ def sample(model, loop, latent, positive, negative=None, cfg: float = 1.0, seed:
     to[RUN_KEY] = run
     guider.model_options = options
     sampler = _PackSampler(loop, run, grad)
-    with torch.inference_mode(False), torch.no_grad():
+    with torch.inference_mode(False), torch.no_grad(), _compiled_pass_types():
         latent = latent.detach().clone().float()
         sigmas = torch.zeros(2) if sigmas is None else torch.as_tensor(sigmas, dtype=torch.float32).clone()
         out = guider.sample(torch.zeros_like(latent), latent, sampler, sigmas, seed=seed)
     return out.to(comfy.model_management.intermediate_device())
+
+
+# The pack's pass types per model and image size: inversion, CFG denoise with and without the bank, the estimator
+# with and without a graph, time travel's re-noise, GoodDrag's reference, drag and MasaCtrl denoise passes.
+PASS_TYPES = 16
+
+
+def _compiled_pass_types():
+    """Dynamo settings for the pack's passes under torch.compile (TorchCompileModel): each pass type keeps a
+    static-shape graph of its own, as a CUDA graph needs. Automatic dynamic shapes would turn the batch into a
+    symbol after a CFG pass (2) and a cond-only one (1), and on such a graph (torch 2.13) the feature tap's capture
+    is lost; dynamo's default of 8 graphs per code object would send the passes after the 8th type to eager."""
+    limit = max(torch._dynamo.config.recompile_limit, 8 + PASS_TYPES)
+    return torch._dynamo.config.patch(automatic_dynamic_shapes=False, recompile_limit=limit)
 
 
 def sigmas_of(alphas_cumprod, timesteps) -> list[float]:

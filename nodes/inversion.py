@@ -66,6 +66,7 @@ class DragEditDDIMInversion(DragEditNode):
         kept = {LAYER_SETS[0]: fam.layers(fam.bank_blocks), LAYER_SETS[1]: fam.layers(), LAYER_SETS[2]: ()}[layers]
         device = cls._bank_device(model, fam, samples, kept, len(steps_plan), bank_device)
         recorder = BankRecorder(layers=kept, device=device)
+        record = host.RecordPatch(kept, recorder.record)
         progress = host.Progress(model, len(steps_plan), cls.hidden.unique_id)
         alphas_cumprod = host.model_alphas_cumprod(model)
 
@@ -76,12 +77,17 @@ class DragEditDDIMInversion(DragEditNode):
                 recorder.record_latent(info["t"], info["z"])
                 progress(info)
 
-            z_T = ddim.invert(passes.eps, z0, passes.alphas_cumprod, steps, strength, callback=on_step)[-1]
+            def eps(z, step):
+                out = passes.eps(z, step)
+                record.drain(step.t)
+                return out
+
+            z_T = ddim.invert(eps, z0, passes.alphas_cumprod, steps, strength, callback=on_step)[-1]
             return schedule.x_from_z(z_T, host.sigmas_of(passes.alphas_cumprod, [steps_plan[0].t])[0])
 
         inverted = host.sample(model, loop, samples, positive,
                                sigmas=host.sigmas_of(alphas_cumprod, [s.t for s in reversed(steps_plan)]),
-                               attn1=[host.RecordPatch(kept, recorder.record)])
+                               attn1=[record])
         bank = recorder.finish(alphas_cumprod, host.model_fingerprint(model))
         return io.NodeOutput(bank, {**latent, "samples": inverted})
 

@@ -74,8 +74,11 @@ def test_bank_entry_of_step_i_was_recorded_at_t_i(nodes_, sd15, inverted, cond):
     t, t_less_noisy = bank.timesteps[i], bank.timesteps[i + 1]
     seen = {}
     record = nodes_.host.RecordPatch(bank.layers, lambda t_, layer, n: seen.setdefault((t_, layer), n.clone()))
-    run_passes(sd15[0], lambda p: p.eps(bank.latent(t_less_noisy), PlanStep(i, t, t_less_noisy, phase="invert")),
-               cond, attn1=[record])
+    def one_pass(passes):
+        passes.eps(bank.latent(t_less_noisy), PlanStep(i, t, t_less_noisy, phase="invert"))
+        record.drain(t)  # the inversion node drains after each pass, as here
+
+    run_passes(sd15[0], one_pass, cond, attn1=[record])
     for layer in bank.layers:
         torch.testing.assert_close(seen[(t, layer)].half(), bank.attention_input(t, layer), atol=2e-3, rtol=2e-3)
     other = bank.attention_input(bank.timesteps[i - 1], ("output", 11, 0))

@@ -44,25 +44,24 @@ class OpCounter(TorchDispatchMode):
 
 
 class CompileCounter:
-    """A torch.compile backend that counts the graphs dynamo hands it and their calls, running each through
-    aot_eager (the forward and backward graphs inductor would compile, without code generation). As a context it
-    resets dynamo before and after, and keeps the graph breaks seen inside (issue 12: what a capture would meet)."""
+    """A torch.compile backend that counts the graphs dynamo hands it and their calls, and runs each graph as dynamo
+    captured it (backend 'eager': what inductor or cudagraphs would get, without code generation; AOTAutograd's
+    'aot_eager' fails on this CPU in the backward of PyTorch's own CPU flash attention, whose meta strides differ
+    from the kernel's). As a context it resets dynamo before and after, and keeps the graph breaks and the frames
+    dynamo could not compile (issue 12: what a capture of the passes would meet)."""
 
     def __init__(self):
-        from torch._dynamo import lookup_backend
-
-        self._aot_eager = lookup_backend("aot_eager")
         self.graphs = 0
         self.calls = 0
         self.graph_breaks: dict[str, int] = {}
+        self.uncompiled: dict[str, int] = {}
 
     def __call__(self, graph_module, example_inputs):
         self.graphs += 1
-        compiled = self._aot_eager(graph_module, example_inputs)
 
         def run(*args):
             self.calls += 1
-            return compiled(*args)
+            return graph_module.forward(*args)
         return run
 
     def __enter__(self):
@@ -78,4 +77,29 @@ class CompileCounter:
         from torch._dynamo.utils import counters
 
         self.graph_breaks = dict(counters["graph_break"])
+        self.uncompiled = {reason.strip().splitlines()[0]: count for reason, count in counters["unimplemented"].items()}
         torch._dynamo.reset()
+
+
+class PassCounter:
+    """Counts UNet forward passes (and those recording a graph, i.e. followed by a backward) via an input block patch."""
+
+    def __init__(self):
+        self.calls = 0        # UNet forwards (a CFG batch of 2 is one call)
+        self.items = 0        # batch items through the UNet
+        self.with_grad = 0    # forwards recording a graph (each followed by one backward)
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def __call__(self, h, transformer_options):
+        if transformer_options.get("block") == ("input", 0):
+            self.calls += 1
+            self.items += h.shape[0]
+            self.with_grad += int(h.requires_grad)
+        return h
+
+    def attach(self, model):
+        counted = model.clone()
+        counted.set_model_input_block_patch(self)
+        return counted
