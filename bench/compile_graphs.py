@@ -5,8 +5,8 @@ recompiles and why, and the largest difference from the uncompiled edit.
     .dev/venv/bin/python -m bench.compile_graphs [--steps 10]
 
 The model is compiled as ComfyUI's TorchCompileModel node compiles it (set_torch_compile_wrapper on the
-diffusion_model), with tests.support.dispatch.CompileCounter as the backend (aot_eager: no code generation, so
-the counts hold for inductor and cudagraphs). A capture that fits the GPU well gives a few graphs per edit, each
+diffusion_model), with tests.support.dispatch.CompileCounter as the backend (dynamo's graphs run as captured: no
+code generation, so the counts hold for inductor and cudagraphs). A capture that fits the GPU well gives a few graphs per edit, each
 called on many passes; a graph per step means a recompile (or, past dynamo's recompile limit, an eager pass) per
 step. CI test model (SD-1.5 block layout, random weights) at a 64x64 image.
 """
@@ -18,8 +18,8 @@ import re
 import torch
 
 from bench.cpu_counts import SIZE, _inputs, _nodes, dragon_edit, gooddrag_edit
-from bench.support import PassCounter, encode, load_model
-from tests.support.dispatch import CompileCounter
+from bench.support import encode, load_model
+from tests.support.dispatch import CompileCounter, PassCounter
 
 
 class RecompileReasons(logging.Handler):
@@ -71,20 +71,23 @@ def measure(label, edit, model):
     """Runs edit(model) plain and compiled; prints the counts."""
     from comfy_api.torch_helpers import set_torch_compile_wrapper
 
-    plain = edit(model)["samples"]
     passes = PassCounter()
-    compiled = passes.attach(model)
+    plain = edit(passes.attach(model))["samples"]  # counted uncompiled: a counter in the graph would be guarded on
+    compiled = model.clone()
     with CompileCounter() as backend, RecompileReasons() as reasons:
         set_torch_compile_wrapper(compiled, backend=backend)
         out = edit(compiled)["samples"]
     print(f"{label}")
     print(f"  UNet passes {passes.calls}; graphs compiled {backend.graphs}; compiled-graph calls {backend.calls}; "
-          f"graph breaks {sum(backend.graph_breaks.values())}; max |compiled - plain| "
+          f"graph breaks {sum(backend.graph_breaks.values())}; frames left uncompiled "
+          f"{sum(backend.uncompiled.values())}; max |compiled - plain| "
           f"{(out - plain).abs().max().item():.2e}")
     for kind, count in reasons.kinds.most_common(6):
         print(f"    {count:4} recompiles: {kind}")
     for kind, count in backend.graph_breaks.items():
         print(f"    {count:4} graph breaks: {kind.splitlines()[0][:110]}")
+    for kind, count in backend.uncompiled.items():
+        print(f"    {count:4} uncompiled frames: {kind[:110]}")
 
 
 def main():

@@ -14,9 +14,9 @@ import types
 
 import torch
 
-from bench.support import PassCounter, encode, load_model, widget_defaults
+from bench.support import encode, load_model, widget_defaults
 from tests.support.comfy_inproc import run_node
-from tests.support.dispatch import OpCounter
+from tests.support.dispatch import OpCounter, PassCounter
 from tests.support.pack import load_pack
 
 load_pack()

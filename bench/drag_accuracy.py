@@ -27,9 +27,10 @@ import time
 import numpy as np
 import torch
 
-from bench.support import PassCounter, widget_defaults
+from bench.support import widget_defaults
 from tests.support import comfy_inproc
 from tests.support.comfy_inproc import run_node
+from tests.support.dispatch import PassCounter
 from tests.support.pack import load_pack
 from tools import scenes, train_demo
 

@@ -16,9 +16,10 @@ import os
 import torch
 
 from bench import cpu_counts
-from bench.support import PassCounter, encode, load_model, timed, widget_defaults
+from bench.support import encode, load_model, timed, widget_defaults
 from tests.support import comfy_inproc
 from tests.support.comfy_inproc import run_node
+from tests.support.dispatch import PassCounter
 from tests.support.pack import load_pack
 
 load_pack()

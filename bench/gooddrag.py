@@ -17,7 +17,8 @@ import time
 
 import torch
 
-from bench.support import PassCounter, encode, load_model, timed
+from bench.support import encode, load_model, timed
+from tests.support.dispatch import PassCounter
 from tests.support.pack import load_pack
 
 OFFICIAL = {  # gooddrag.md §8, in UNet calls: inversion, reference (no grad), forward+backward, batch-2 denoise

@@ -17,6 +17,8 @@
    preset (25 steps); seconds, forward-equivalents (FLOPs / one batch-1 forward), seconds / (forward-equivalents x
    tg), achieved TFLOP/s and share of the GPU's dense fp16 peak, peak GiB (weights included). --sdxl adds an SDXL
    1024² move and GoodDrag edit (full-width SDXL UNet, random weights).
+6. The same D+ move and GoodDrag with the MODEL compiled as ComfyUI's TorchCompileModel node compiles it (--compile,
+   default its 'cudagraphs' backend): first edit (capture included) and median.
 Prints a table and writes it to --out. Made to finish in about 8 minutes on one H100/H200.
 """
 import argparse
@@ -368,6 +370,44 @@ def whole_edits(model, conds, size, runs, t1_flops, tg, label="SD-1.5"):
             f"{gib:>10.2f}")
 
 
+def compiled_edits(model, conds, size, runs, t1_flops, tg, backend):
+    """The D+ move and GoodDrag with the MODEL compiled as ComfyUI's TorchCompileModel compiles it (`backend`), each
+    pass type one graph (bench.compile_graphs counts them on the CPU): the first edit, tracing and capture
+    included, then the median of `runs`. FLOPs are the uncompiled edit's (the useful work; compiled estimate
+    passes also run the blocks after the last tap)."""
+    from comfy_api.torch_helpers import set_torch_compile_wrapper
+
+    nodes = _nodes()
+    cond, _ = conds
+    peak = peak_tflops()
+    compiled = model.clone()
+    set_torch_compile_wrapper(compiled, backend=backend)
+    say(f"  compiled ({backend}), {size}x{size}: {'edit':31}{'first s':>9}{'s (median)':>11}{'spread':>14}"
+        f"{'s/(eq x tg)':>12}{'TFLOP/s':>9}{'of peak':>9}{'peak GiB':>10}")
+    try:
+        bank, first_inversion, _ = Clock()(lambda: invert(nodes, compiled, cond, size, 50))
+    except Exception as err:  # a backend that cannot capture these passes: say so and go on
+        say(f"    inversion failed: {type(err).__name__}: {str(err)[:300]}")
+        return
+    plain_bank = invert(nodes, model, cond, size, 50)
+    rows = [("D+ move, 50 steps, edit only", lambda m, b: move(nodes, m, conds, size, b, "D+")),
+            ("GoodDrag (inversion + drags + denoise)", lambda m, b: drag(nodes, m, cond, size, "gooddrag"))]
+    say(f"    {'inversion + bank, 50 steps':48}{first_inversion:>9.2f}")
+    for name, edit in rows:
+        try:
+            _, first, _ = Clock()(lambda: edit(compiled, bank))
+            _, seconds, (lo, hi), _, gib = median_of(lambda: edit(compiled, bank), runs)
+        except Exception as err:
+            say(f"    {name}: failed: {type(err).__name__}: {str(err)[:300]}")
+            continue
+        flops = flops_of(lambda: edit(model, plain_bank))
+        equivalents = flops / t1_flops
+        tflops = flops / seconds / 1e12
+        say(f"    {name:48}{first:>9.2f}{seconds:>11.2f}{f'{lo:.2f}-{hi:.2f}':>14}"
+            f"{seconds / (equivalents * tg) if tg else float('nan'):>12.2f}{tflops:>9.1f}{tflops / peak:>9.1%}"
+            f"{gib:>10.2f}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=512, help="SD-1.5 image side in px (multiple of 64)")
@@ -376,6 +416,9 @@ def main():
                     help="'test': the CI model, to check the script on the CPU")
     ap.add_argument("--sdxl", action="store_true", help="also the SDXL 1024² rows (full-width UNet)")
     ap.add_argument("--out", default=None, help="also write the table to this file")
+    ap.add_argument("--compile", default=None,
+                    help="TorchCompileModel's backend for the compiled rows (default: cudagraphs on CUDA, eager on "
+                         "the CPU; inductor compiles for minutes); 'none' skips them")
     args = ap.parse_args()
     cuda = torch.cuda.is_available()
     comfy_inproc.import_comfy(cpu=not cuda)
@@ -408,6 +451,9 @@ def main():
     say(f"  syncs, D+ move at 10 steps: {syncs_by_frame(lambda: move(nodes, model, conds, args.size, short, 'D+'))}")
     say(f"  syncs, GoodDrag at 10 steps: {syncs_by_frame(lambda: drag(nodes, model, cond, args.size, 'gooddrag', 10))}")
     whole_edits(model, conds, args.size, args.runs, t1_flops, tg)
+    backend = args.compile or ("cudagraphs" if cuda else "eager")
+    if backend != "none":
+        compiled_edits(model, conds, args.size, args.runs, t1_flops, tg, backend)
     if args.sdxl:
         del model
         import comfy.model_management

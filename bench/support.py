@@ -1,5 +1,5 @@
 """Shared by the benchmarks: models at real SD-1.5 scale (random weights: cost does not depend on values),
-UNet pass counting through a patch, and timing. Benchmarks print; they never assert timings."""
+and timing (passes are counted by tests.support.dispatch.PassCounter). Benchmarks print; they never assert timings."""
 import time
 
 import torch
@@ -19,30 +19,6 @@ def load_model(profile="full"):
         sd = build_state_dict(profile, dtype=torch.float16)
         model, clip, vae = comfy.sd.load_state_dict_guess_config(sd)[:3]
     return model, clip, vae
-
-
-class PassCounter:
-    """Counts UNet forward passes (and those recording a graph, i.e. followed by a backward) via an input block patch."""
-
-    def __init__(self):
-        self.calls = 0        # UNet forwards (a CFG batch of 2 is one call)
-        self.items = 0        # batch items through the UNet
-        self.with_grad = 0    # forwards recording a graph (each followed by one backward)
-
-    def __deepcopy__(self, memo):
-        return self
-
-    def __call__(self, h, transformer_options):
-        if transformer_options.get("block") == ("input", 0):
-            self.calls += 1
-            self.items += h.shape[0]
-            self.with_grad += int(h.requires_grad)
-        return h
-
-    def attach(self, model):
-        counted = model.clone()
-        counted.set_model_input_block_patch(self)
-        return counted
 
 
 def timed(fn, *args, **kwargs):
