@@ -485,8 +485,9 @@ def sample(model, loop, latent, positive, negative=None, cfg: float = 1.0, seed:
     return out.to(comfy.model_management.intermediate_device())
 
 
-# The pack's pass types per model and image size: inversion, CFG denoise with and without the bank, the estimator
-# with and without a graph, time travel's re-noise, GoodDrag's reference, drag and MasaCtrl denoise passes.
+# Graphs the pack's passes need per model and image size, with room to spare: a D+ move and a GoodDrag edit use 11
+# (inversions with and without a bank, CFG denoise with and without it, the estimator, time travel's re-noise,
+# GoodDrag's reference, drag and denoise passes with and without MasaCtrl; tests/host/test_compile.py).
 PASS_TYPES = 16
 
 
