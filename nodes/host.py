@@ -496,8 +496,9 @@ def _compiled_pass_types():
     static-shape graph of its own, as a CUDA graph needs. Automatic dynamic shapes would turn the batch into a
     symbol after a CFG pass (2) and a cond-only one (1), and on such a graph (torch 2.13) the feature tap's capture
     is lost; dynamo's default of 8 graphs per code object would send the passes after the 8th type to eager."""
-    limit = max(torch._dynamo.config.recompile_limit, 8 + PASS_TYPES)
-    return torch._dynamo.config.patch(automatic_dynamic_shapes=False, recompile_limit=limit)
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"  # its name before 2.6
+    return config.patch(automatic_dynamic_shapes=False, **{name: max(getattr(config, name), 8 + PASS_TYPES)})
 
 
 def sigmas_of(alphas_cumprod, timesteps) -> list[float]:
