@@ -342,7 +342,8 @@ def syncs_by_frame(fn):
     return dict(where.most_common(12))
 
 
-def whole_edits(model, conds, size, runs, t1_flops, tg, label="SD-1.5"):
+def whole_edits(model, conds, size, runs, t1_flops, tg, label="SD-1.5") -> dict:
+    """Times the whole edits; returns their FLOPs by row name (the compiled rows reuse them)."""
     nodes = _nodes()
     cond, _ = conds
     peak = peak_tflops()
@@ -360,21 +361,23 @@ def whole_edits(model, conds, size, runs, t1_flops, tg, label="SD-1.5"):
               lambda: drag(nodes, model, cond, size, "dragdiffusion"))]
     say(f"  {label} {size}x{size}: {'edit':48}{'s (median)':>11}{'spread':>14}{'fwd-eq':>8}{'s/(eq x tg)':>12}"
         f"{'TFLOP/s':>9}{'of peak':>9}{'peak GiB':>10}")
+    measured = {}
     for name, fn in rows:
         _, seconds, (lo, hi), _, gib = median_of(fn, runs)
-        flops = flops_of(fn)
+        flops = measured[name] = flops_of(fn)
         equivalents = flops / t1_flops
         tflops = flops / seconds / 1e12
         say(f"  {name:60}{seconds:>11.2f}{f'{lo:.2f}-{hi:.2f}':>14}{equivalents:>8.0f}"
             f"{seconds / (equivalents * tg) if tg else float('nan'):>12.2f}{tflops:>9.1f}{tflops / peak:>9.1%}"
             f"{gib:>10.2f}")
+    return measured
 
 
-def compiled_edits(model, conds, size, runs, t1_flops, tg, backend):
+def compiled_edits(model, conds, size, runs, t1_flops, tg, backend, flops_by_edit):
     """The D+ move and GoodDrag with the MODEL compiled as ComfyUI's TorchCompileModel compiles it (`backend`), each
     pass type one graph (bench.compile_graphs counts them on the CPU): the first edit, tracing and capture
-    included, then the median of `runs`. FLOPs are the uncompiled edit's (the useful work; compiled estimate
-    passes also run the blocks after the last tap)."""
+    included, then the median of `runs`. FLOPs are the uncompiled edit's, from whole_edits (the useful work;
+    compiled estimate passes also run the blocks after the last tap)."""
     from comfy_api.torch_helpers import set_torch_compile_wrapper
 
     nodes = _nodes()
@@ -389,18 +392,19 @@ def compiled_edits(model, conds, size, runs, t1_flops, tg, backend):
     except Exception as err:  # a backend that cannot capture these passes: say so and go on
         say(f"    inversion failed: {type(err).__name__}: {str(err)[:300]}")
         return
-    plain_bank = invert(nodes, model, cond, size, 50)
-    rows = [("D+ move, 50 steps, edit only", lambda m, b: move(nodes, m, conds, size, b, "D+")),
-            ("GoodDrag (inversion + drags + denoise)", lambda m, b: drag(nodes, m, cond, size, "gooddrag"))]
+    rows = [("D+ move, 50 steps, edit only", "DiffEditor move (D+), 50 steps, edit only",
+             lambda m, b: move(nodes, m, conds, size, b, "D+")),
+            ("GoodDrag (inversion + drags + denoise)", "GoodDrag (inversion + 7x10x3 drags + denoise)",
+             lambda m, b: drag(nodes, m, cond, size, "gooddrag"))]
     say(f"    {'inversion + bank, 50 steps':48}{first_inversion:>9.2f}")
-    for name, edit in rows:
+    for name, eager_name, edit in rows:
         try:
             _, first, _ = Clock()(lambda: edit(compiled, bank))
             _, seconds, (lo, hi), _, gib = median_of(lambda: edit(compiled, bank), runs)
         except Exception as err:
             say(f"    {name}: failed: {type(err).__name__}: {str(err)[:300]}")
             continue
-        flops = flops_of(lambda: edit(model, plain_bank))
+        flops = flops_by_edit[eager_name]
         equivalents = flops / t1_flops
         tflops = flops / seconds / 1e12
         say(f"    {name:48}{first:>9.2f}{seconds:>11.2f}{f'{lo:.2f}-{hi:.2f}':>14}"
@@ -450,10 +454,10 @@ def main():
     short = invert(nodes, model, cond, args.size, 10)
     say(f"  syncs, D+ move at 10 steps: {syncs_by_frame(lambda: move(nodes, model, conds, args.size, short, 'D+'))}")
     say(f"  syncs, GoodDrag at 10 steps: {syncs_by_frame(lambda: drag(nodes, model, cond, args.size, 'gooddrag', 10))}")
-    whole_edits(model, conds, args.size, args.runs, t1_flops, tg)
+    flops_by_edit = whole_edits(model, conds, args.size, args.runs, t1_flops, tg)
     backend = args.compile or ("cudagraphs" if cuda else "eager")
     if backend != "none":
-        compiled_edits(model, conds, args.size, args.runs, t1_flops, tg, backend)
+        compiled_edits(model, conds, args.size, args.runs, t1_flops, tg, backend, flops_by_edit)
     if args.sdxl:
         del model
         import comfy.model_management
