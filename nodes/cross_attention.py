@@ -34,9 +34,6 @@ class BankContext:
                 grid = bank_attention.token_grid(bank.attention_input(bank.timesteps[0], layer).shape[1], latent_hw)
                 self.indices[layer] = bank_attention.masked_token_indices(mask_base, mask_replace, grid, bank.device)
 
-    def __deepcopy__(self, memo):
-        return self
-
     def entries(self, t: int, layer) -> tuple:
         """The bank entries of `layer` at t: (n_ref,), or (n_base, n_replace) in masked mode."""
         if self.mode == "masked":
