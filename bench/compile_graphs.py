@@ -6,9 +6,9 @@ recompiles and why, and the largest difference from the uncompiled edit.
 
 The model is compiled as ComfyUI's TorchCompileModel node compiles it (set_torch_compile_wrapper on the
 diffusion_model), with tests.support.dispatch.CompileCounter as the backend (dynamo's graphs run as captured: no
-code generation, so the counts hold for inductor and cudagraphs). A capture that fits the GPU well gives a few graphs per edit, each
-called on many passes; a graph per step means a recompile (or, past dynamo's recompile limit, an eager pass) per
-step. CI test model (SD-1.5 block layout, random weights) at a 64x64 image.
+code generation, so the counts hold for inductor and cudagraphs). A capture that fits the GPU well gives a few
+graphs per edit, each called on many passes; a graph per step means a recompile (or, past dynamo's recompile
+limit, an eager pass) per step. CI test model (SD-1.5 block layout, random weights) at a 64x64 image.
 """
 import argparse
 import collections

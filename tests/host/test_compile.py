@@ -67,10 +67,9 @@ def test_a_model_compiled_as_torchcompilemodel_does_edits_as_the_plain_model_wit
         nodes_, sd15, encode_text):
     from comfy_api.torch_helpers import set_torch_compile_wrapper
 
-    plain = _edits(nodes_, sd15[0], encode_text)
+    passes = PassCounter()  # counted uncompiled: a counter inside a compiled graph would be guarded on
+    plain = _edits(nodes_, passes.attach(sd15[0]), encode_text)
     compiled = sd15[0].clone()
-    passes = PassCounter()
-    _edits(nodes_, passes.attach(sd15[0]), encode_text)
     with CompileCounter() as backend:
         set_torch_compile_wrapper(compiled, backend=backend)
         result = _edits(nodes_, compiled, encode_text)

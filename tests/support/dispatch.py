@@ -42,7 +42,6 @@ class OpCounter(TorchDispatchMode):
         return sum(self.ops.values())
 
 
-
 class CompileCounter:
     """A torch.compile backend that counts the graphs dynamo hands it and their calls, and runs each graph as dynamo
     captured it (backend 'eager': what inductor or cudagraphs would get, without code generation; AOTAutograd's
