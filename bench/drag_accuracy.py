@@ -208,10 +208,10 @@ def measure(case, output: np.ndarray, f_in: torch.Tensor, f_out: torch.Tensor) -
     return dict(score(case, output), md=math.dist(point, case.target))
 
 
-def reconstruction_psnr(editor, count: int) -> tuple[float, float]:
+def reconstruction_psnr(editor, count: int, size: int) -> tuple[float, float]:
     """PSNR (dB, over all pixels of `count` held-out scenes, as tools/train_demo.py reports it) of inversion +
     reconstruction (the baseline's path), and of the autoencoder alone, which bounds it."""
-    images = scenes.training_images(777, count)
+    images = scenes.training_images(777, count, size)
     inverted = np.stack([editor.decode(editor.dragon(None, editor.encode(x), baseline=True)) for x in images])
     autoencoded = np.stack([editor.decode(editor.encode(x)) for x in images])
     truth = torch.from_numpy(images) / 255.0
@@ -249,6 +249,7 @@ def main():
     ap.add_argument("--steps", type=int, default=50, help="DDIM steps of the full schedule")
     ap.add_argument("--scenes", type=int, default=16, help="held-out scenes for the reconstruction PSNR (0: skip)")
     ap.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of " + ", ".join(MODES))
+    ap.add_argument("--size", type=int, default=128, help="scene side in px (the scenes scale their objects with it)")
     ap.add_argument("--model", help="a demo model file (tools/train_demo.py) to measure instead of the shipped one")
     ap.add_argument("--fast", type=int, default=0, metavar="STEPS",
                     help="also each method's fast preset on STEPS DDIM steps (25: the presets' budget); 0: skip")
@@ -266,16 +267,16 @@ def main():
     modes = [m for m in MODES if m in args.modes.split(",")]
     methods = METHODS + tuple(m + FAST for m in METHODS[1:] if args.fast)
     if args.scenes:
-        inverted, autoencoded = reconstruction_psnr(editor, args.scenes)
+        inverted, autoencoded = reconstruction_psnr(editor, args.scenes, args.size)
         print(f"Held-out scenes ({args.scenes}): DDIM inversion + reconstruction {inverted:.2f} dB PSNR, the "
               f"autoencoder alone {autoencoded:.2f} dB")
     fast = f" (fast presets: {args.fast})" if args.fast else ""
-    print(f"Drag accuracy on the demo model, {args.cases} cases per mode at 128x128, {args.steps} DDIM steps{fast}")
+    print(f"Drag accuracy on the demo model, {args.cases} cases per mode at {args.size}x{args.size}, {args.steps} DDIM steps{fast}")
     print(f"{'mode':8}{'method':22}{'centroid px':>12}{'reached':>9}{'unchanged':>11}{'object':>8}{'MD px':>8}"
           f"{'passes':>8}{'CPU s':>7}")
     sheet, table = {}, {}
     for mode in modes:
-        cases = [scenes.drag_case(seed, mode) for seed in range(args.cases)]
+        cases = [scenes.drag_case(seed, mode, args.size) for seed in range(args.cases)]
         before = [math.dist(scenes.centroid(c.mask), scenes.centroid(c.expected_mask)) for c in cases]
         md_before = [math.dist(c.handle, c.target) for c in cases]
         object_before = [np.abs(c.image.astype(np.int16) - c.expected.astype(np.int16))[c.expected_mask >= 0.5].mean()
