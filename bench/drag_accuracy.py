@@ -271,7 +271,8 @@ def main():
         print(f"Held-out scenes ({args.scenes}): DDIM inversion + reconstruction {inverted:.2f} dB PSNR, the "
               f"autoencoder alone {autoencoded:.2f} dB")
     fast = f" (fast presets: {args.fast})" if args.fast else ""
-    print(f"Drag accuracy on the demo model, {args.cases} cases per mode at {args.size}x{args.size}, {args.steps} DDIM steps{fast}")
+    print(f"Drag accuracy on the demo model, {args.cases} cases per mode at {args.size}x{args.size}, "
+          f"{args.steps} DDIM steps{fast}")
     print(f"{'mode':8}{'method':22}{'centroid px':>12}{'reached':>9}{'unchanged':>11}{'object':>8}{'MD px':>8}"
           f"{'passes':>8}{'CPU s':>7}")
     sheet, table = {}, {}
