@@ -33,6 +33,7 @@ VARIANTS = {
     "no SDE": dict(sde_strength=0.0),
     "schedule D": dict(schedule="D"),
     "energy scale 1000": dict(energy_scale=1000.0),
+    "energy scale 1500 (demo_move.json)": dict(energy_scale=1500.0),
     "energy scale 2000": dict(energy_scale=2000.0),
     "w_content 12": dict(w_content=12.0),
 }

@@ -2,6 +2,8 @@
 the pack's nodes accept, unconditional, previews in its own colours), and the shipped weights (their quality as
 recorded here, measured on the file by these tests: autoencoder, UNet, preview colours, inversion round trip)."""
 
+import dataclasses
+
 import pytest
 import safetensors
 import torch
@@ -58,7 +60,10 @@ def test_reduced_training_learns_both_models(reduced):
 
 def test_loader_gives_an_sd15_model_the_nodes_accept_and_text_has_no_effect(reduced):
     model, clip, vae = host.load_demo_model(reduced[0])
-    assert host.family(model, "test") is host.SD1
+    fam = host.family(model, "test")
+    assert fam is host.DEMO and fam.name == host.SD1.name   # SD 1.x's layout, so SD 1.x feature taps serve it
+    assert dataclasses.replace(fam, dragon_taps=host.SD1.dragon_taps) == host.SD1
+    assert fam.dragon_taps == (7, 8) != host.SD1.dragon_taps
     with torch.inference_mode():
         empty = clip.encode_from_tokens_scheduled(clip.tokenize(""))
         worded = clip.encode_from_tokens_scheduled(clip.tokenize("a red star"))
