@@ -52,8 +52,9 @@ class DragEditFeatureExtractor(DragEditNode):
             description="Chooses the UNet decoder features that energy guidance, motion supervision and the point "
                         "tracker compare: DragonDiffusion's two layers (multi-scale), GoodDrag's one, or a custom "
                         "list; the presets resolve to the model's family (SD 1.x/2.x: output blocks 5 + 8 and 8; "
-                        "SDXL: 2 + 5 and 5; the pack's demo model: 7 + 8 and 8). Connect a memory bank to preview the features (PCA to RGB) at one step "
-                        "and see which parts of the image the model thinks correspond.",
+                        "SDXL: 2 + 5 and 5; the pack's demo model: 7 + 8 and 8). Connect a memory bank to preview "
+                        "the features (PCA to RGB) at one step and see which parts of the image the model thinks "
+                        "correspond.",
             inputs=[
                 io.Model.Input("model", tooltip="The model whose decoder is read (its family sets the blocks)."),
                 io.Combo.Input("preset", options=[*PRESETS, CUSTOM], default=next(iter(PRESETS)),
