@@ -94,9 +94,8 @@ SD1 = Family("SD 1.x", **_SD1_LAYOUT)
 SD2 = Family("SD 2.x", **_SD1_LAYOUT)
 # The pack's demo model (tools/train_demo.py): SD 1.x's layout and block numbers, at 128 px, where its objects cover
 # about 4x4 latent cells (SD-1.5's at 512 px about 20x20). Output 5 is computed at latent/4, where such an object is
-# one cell, so DragonDiffusion reads output 7 (computed at latent/2) + 8 instead of 5 + 8: on bench.drag_accuracy's
-# 8 cases per mode the moved object keeps more of its colour (object MAE 25.5 against 35.1) and a resize reaches
-# more of the asked scale (0.76 against 0.46).
+# one cell, so DragonDiffusion reads output 7 (computed at latent/2) + 8 instead of 5 + 8: the moved object keeps
+# more of its colour and a resize reaches more of the asked scale (bench.drag_accuracy; README: the demo model).
 DEMO = Family("SD 1.x", **{**_SD1_LAYOUT, "dragon_taps": (7, 8)})
 # SDXL's decoder: output 0-2 at latent/4 (10 transformers each), 3-5 at latent/2 (2 each), 6-8 without attention.
 # The bank keeps output 3-5 by default: 31.5 MB per step at 1024², against 110 MB for all 36 layers (5.5 GB for 50
