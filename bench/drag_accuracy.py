@@ -59,7 +59,7 @@ def _around_object(case, margin: int) -> torch.Tensor:
     return dilate(torch.from_numpy(np.maximum(case.mask, case.expected_mask)), margin)
 
 
-def _editable_region(case) -> torch.Tensor:
+def editable_region(case) -> torch.Tensor:
     """The region the edit may change: the object's old and new place, 8 px margin, as a [1, H, W] MASK."""
     return _around_object(case, 8).float()[None]
 
@@ -109,7 +109,7 @@ class Editor:
         else:
             size = case.image.shape[0]
             node, geometry = self.nodes["drag"], dict(points=DragPoints((case.handle + case.target,), (size, size)),
-                                                      mask=_editable_region(case))
+                                                      mask=editable_region(case))
         model = run_node(self.nodes["vca"], model=self.model, memory_bank=bank,
                          mode="concat" if case.mode == "drag" else "replace", step_range="method's steps",
                          start_step=0, end_step=1000).result[0]
@@ -141,7 +141,7 @@ class Editor:
         if steps:
             widgets["preset"] = "gooddrag fast"
         return run_node(self.nodes["aldd"], model=self.model, memory_bank=bank, positive=self.cond, points=points,
-                        features=gooddrag_tap(8, "SD 1.x"), mask=_editable_region(case), **widgets).result[0]
+                        features=gooddrag_tap(8, "SD 1.x"), mask=editable_region(case), **widgets).result[0]
 
     def edit(self, case, method, fast_steps=None) -> np.ndarray:
         """The case edited by `method` (a METHODS name, or one with the FAST suffix: its fast preset)."""

@@ -1,15 +1,17 @@
-"""Where a DragonDiffusion move on the demo model loses the unchanged region and the object's colour (issue 15):
-bench.drag_accuracy's move, with one part of the edit changed at a time, against the default in the same run.
+"""Where a DragonDiffusion move or drag on the demo model loses the unchanged region and the object's colour
+(issue 15): bench.drag_accuracy's edit, with one part of it changed at a time, against the default in the same run.
 
-    .dev/venv/bin/python -m bench.edit_ablation [--cases 4] [--steps 50]
+    .dev/venv/bin/python -m bench.edit_ablation [--mode move|drag] [--cases 4] [--steps 50]
 
-Cases: the main command's scene (scripts/draw_example_inputs.demo_case) and --cases generated move cases, scored
-by bench.drag_accuracy.score (centroid px to the true place, unchanged and object MAE 0-255). The parts:
+Cases: --cases generated cases of the mode, and for move the main command's scene (scripts/draw_example_inputs.
+demo_case) first, scored by bench.drag_accuracy.score (centroid px to the true place, unchanged and object MAE
+0-255). The parts:
   energy      the guidance's energy_scale (0: no guided step and no time travel, as the official sampler)
-  noise copy  the object's inverted z_T noise copied to its target before sampling (official; an offset of 0
+  noise copy  the object's inverted z_T noise copied to its target before sampling (official; a move by 0
               copies nothing, so "energy 0, offset 0" is the plain inversion + reconstruction)
-  bank        Visual Cross-Attention replace on the method's steps
+  bank        Visual Cross-Attention on the method's steps (replace for move, concat for drag)
   SDE         D+'s regional SDE (sde_strength), D: none
+  w_inpaint   drag: the weight of the term that pushes the handle's area off its old content
 Nothing here asserts.
 """
 import argparse
@@ -18,14 +20,15 @@ import time
 import numpy as np
 import torch
 
-from bench.drag_accuracy import Editor, score
+from bench.drag_accuracy import Editor, editable_region, score
 from bench.support import widget_defaults
 from tests.support import comfy_inproc
 from tests.support.comfy_inproc import run_node
 from tools import scenes
 
-# name -> what differs from the default (the nodes' defaults: D+, SDE 0.4, bank attention, energy scale 500)
-VARIANTS = {
+# mode -> name -> what differs from the default (the nodes' defaults: D+, SDE 0.4, bank attention, energy scale 500
+# for move, 2000 for drag)
+VARIANTS = {"move": {
     "default": {},
     "energy 0 (noise copy, bank, SDE left)": dict(energy_scale=0.0),
     "energy 0, offset 0 (reconstruction)": dict(energy_scale=0.0, offset=False),
@@ -36,25 +39,43 @@ VARIANTS = {
     "energy scale 1500 (demo_move.json)": dict(energy_scale=1500.0),
     "energy scale 2000": dict(energy_scale=2000.0),
     "w_content 12": dict(w_content=12.0),
-}
+}, "drag": {
+    "default": {},
+    "energy 0 (noise copy, bank, SDE left)": dict(energy_scale=0.0),
+    "no bank attention": dict(bank=False),
+    "no SDE": dict(sde_strength=0.0),
+    "energy scale 1000": dict(energy_scale=1000.0),
+    "energy scale 4000": dict(energy_scale=4000.0),
+    "w_inpaint 0 (no push off the handle)": dict(w_inpaint=0.0),
+    "w_inpaint 0, energy scale 3000": dict(w_inpaint=0.0, energy_scale=3000.0),
+    "w_inpaint 0, energy scale 4000": dict(w_inpaint=0.0, energy_scale=4000.0),
+}}
 
 
-def move(editor: Editor, case, offset=True, bank=True, **changes) -> np.ndarray:
-    """The case's move as bench.drag_accuracy's DragonDiffusion runs it (Editor.dragon), with `changes` to the
-    guidance's and the sampler's widgets; offset False moves by 0, bank False samples on the plain model."""
+def edit(editor: Editor, case, offset=True, bank=True, **changes) -> np.ndarray:
+    """The case's move or drag as bench.drag_accuracy's DragonDiffusion runs it (Editor.dragon), with `changes` to
+    the guidance's and the sampler's widgets; offset False moves by 0, bank False samples on the plain model."""
+    from comfyui_dragedit.kernels.points import DragPoints
+
     nodes = editor.nodes
     memory_bank = editor.invert(editor.encode(case.image), 1.0)
-    guidance_names = widget_defaults(nodes["move"])
-    dx, dy = (round(case.offset[0]), round(case.offset[1])) if offset else (0, 0)
-    geometry = dict(mask=torch.from_numpy(case.mask)[None], offset_x=dx, offset_y=dy,
-                    **{k: v for k, v in changes.items() if k in guidance_names})
+    guidance_node = nodes[case.mode]
+    guidance_names = widget_defaults(guidance_node)
+    if case.mode == "move":
+        dx, dy = (round(case.offset[0]), round(case.offset[1])) if offset else (0, 0)
+        geometry = dict(mask=torch.from_numpy(case.mask)[None], offset_x=dx, offset_y=dy)
+    else:
+        size = case.image.shape[0]
+        geometry = dict(points=DragPoints((case.handle + case.target,), (size, size)), mask=editable_region(case))
+    geometry.update({k: v for k, v in changes.items() if k in guidance_names})
     sampler = {"sde_strength": widget_defaults(nodes["sampler"])["sde_strength"],
                **{k: v for k, v in changes.items() if k not in guidance_names}}
     model = editor.model
     if bank:
-        model = run_node(nodes["vca"], model=model, memory_bank=memory_bank, mode="replace",
-                         step_range="method's steps", start_step=0, end_step=1000).result[0]
-    return editor.decode(editor.sample(memory_bank, nodes["move"], geometry, model, **sampler))
+        model = run_node(nodes["vca"], model=model, memory_bank=memory_bank,
+                         mode="replace" if case.mode == "move" else "concat", step_range="method's steps",
+                         start_step=0, end_step=1000).result[0]
+    return editor.decode(editor.sample(memory_bank, guidance_node, geometry, model, **sampler))
 
 
 def _cell(row: dict) -> str:
@@ -63,7 +84,9 @@ def _cell(row: dict) -> str:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--cases", type=int, default=4, help="generated move cases besides the main command's")
+    ap.add_argument("--mode", choices=tuple(VARIANTS), default="move")
+    ap.add_argument("--cases", type=int, default=4, help="generated cases of the mode (move: besides the main "
+                                                         "command's)")
     ap.add_argument("--steps", type=int, default=50, help="DDIM steps")
     args = ap.parse_args()
     if args.cases < 1:
@@ -72,16 +95,18 @@ def main():
     from scripts.draw_example_inputs import demo_case
 
     editor = Editor(args.steps)
-    cases = {"main command": demo_case(), **{f"move {s}": scenes.drag_case(s, "move") for s in range(args.cases)}}
-    print(f"DragonDiffusion move on the demo model, {args.steps} DDIM steps: the main command's case, and the mean "
-          f"over {args.cases} generated move cases (centroid px / unchanged / object, MAE 0-255)")
-    print(f"{'':40}{'main command':>22}{'generated (mean)':>24}")
-    for name, changes in VARIANTS.items():
+    main_case = {"main command": demo_case()} if args.mode == "move" else {}
+    cases = {**main_case, **{f"{args.mode} {s}": scenes.drag_case(s, args.mode) for s in range(args.cases)}}
+    print(f"DragonDiffusion {args.mode} on the demo model, {args.steps} DDIM steps: "
+          f"{'the main command' + chr(39) + 's case, and ' if main_case else ''}the mean over {args.cases} generated "
+          f"{args.mode} cases (centroid px / unchanged / object, MAE 0-255)")
+    print(f"{'':40}{'main command' if main_case else '':>22}{'generated (mean)':>24}")
+    for name, changes in VARIANTS[args.mode].items():
         start = time.time()
-        rows = {key: score(case, move(editor, case, **changes)) for key, case in cases.items()}
-        main_row = rows.pop("main command")
+        rows = {key: score(case, edit(editor, case, **changes)) for key, case in cases.items()}
+        main_cell = _cell(rows.pop("main command")) if main_case else ""
         mean = {m: float(np.mean([r[m] for r in rows.values()])) for m in ("centroid", "unchanged", "object")}
-        print(f"{name:40}{_cell(main_row):>22}{_cell(mean):>24}   ({time.time() - start:.0f} s)", flush=True)
+        print(f"{name:40}{main_cell:>22}{_cell(mean):>24}   ({time.time() - start:.0f} s)", flush=True)
 
 
 if __name__ == "__main__":

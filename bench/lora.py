@@ -21,7 +21,7 @@ import time
 import numpy as np
 import torch
 
-from bench.drag_accuracy import MODES, Editor, _editable_region, measure
+from bench.drag_accuracy import MODES, Editor, editable_region, measure
 from bench.support import load_model, widget_defaults
 from tests.support import comfy_inproc
 from tests.support.comfy_inproc import run_node
@@ -58,7 +58,7 @@ def aldd_edit(editor: Editor, case, latent: dict, preset: str) -> dict:
     points = DragPoints((case.handle + case.target,), (size, size))
     widgets = {**widget_defaults(editor.nodes["aldd"]), "preset": preset}
     return run_node(editor.nodes["aldd"], model=editor.model, memory_bank=bank, positive=editor.cond, points=points,
-                    features=gooddrag_tap(fam.gooddrag_tap, fam.name), mask=_editable_region(case),
+                    features=gooddrag_tap(fam.gooddrag_tap, fam.name), mask=editable_region(case),
                     **widgets).result[0]
 
 

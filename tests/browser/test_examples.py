@@ -168,6 +168,23 @@ def check_demo_move(server, prompt, output):
     return f"disc {to_target:.1f} px from its target"
 
 
+def check_chained(server, prompt, output):
+    """The second edit stretches the moved disc down in the disc's own colour: the pixels its drag crosses are as
+    dark as the input's disc (the official push of the handle's area off its old content turned them green here:
+    about 90 away in RGB; drag settings: scripts/build_example_workflows.DEMO_DRAG)."""
+    from scripts.build_example_workflows import CHAINED_DRAG
+    from scripts.draw_example_inputs import demo_case
+
+    case = demo_case()
+    disc = case.image[case.mask >= 0.5].mean(axis=0)
+    k = output.shape[1] / case.image.shape[1]
+    x, (y0, y1) = CHAINED_DRAG[0], (CHAINED_DRAG[1] + 4, CHAINED_DRAG[3] - 2)  # the crossed column, off the ends
+    crossed = output[round(y0 * k):round(y1 * k), round((x - 2) * k):round((x + 3) * k)].reshape(-1, 3).mean(axis=0)
+    distance = float(np.linalg.norm(crossed - disc))
+    assert distance < 40, (crossed.round(), disc.round(), distance)
+    return f"{check_edit_region('chained', server, prompt, output)}; dragged part {distance:.0f} from the disc's colour"
+
+
 def check_edit_region(name, server, prompt, output):
     """The edit against the same workflow with the edit off. On the demo model (trained, so an edit has a place):
     it changes the image more inside its region than outside. On the random-weight test checkpoint an edit's
@@ -191,6 +208,8 @@ def check_content(name, server, prompt, output):
         return check_reconstruction(server, prompt, output)
     if name == "demo_move":
         return check_demo_move(server, prompt, output)
+    if name == "chained":
+        return check_chained(server, prompt, output)
     return check_edit_region(name, server, prompt, output)
 
 
