@@ -39,6 +39,9 @@ VARIANTS = {"move": {
     "energy scale 1500 (demo_move.json)": dict(energy_scale=1500.0),
     "energy scale 2000": dict(energy_scale=2000.0),
     "w_content 12": dict(w_content=12.0),
+    "energy scale 1500, w_contrast 0": dict(energy_scale=1500.0, w_contrast=0.0),
+    "energy scale 1500, w_inpaint 0": dict(energy_scale=1500.0, w_inpaint=0.0),
+    "energy scale 1500, SDE 0": dict(energy_scale=1500.0, sde_strength=0.0),
 }, "drag": {
     "default": {},
     "energy 0 (noise copy, bank, SDE left)": dict(energy_scale=0.0),
