@@ -91,7 +91,11 @@ def main():
     ap.add_argument("--cases", type=int, default=4, help="generated cases of the mode (move: besides the main "
                                                          "command's)")
     ap.add_argument("--steps", type=int, default=50, help="DDIM steps")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch CPU threads (0: torch's default); 1 as bench.drag_accuracy, for the shared 2-core CPU")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.cases < 1:
         ap.error("--cases must be at least 1 (the generated cases' mean is a column)")
     comfy_inproc.import_comfy()

@@ -1,0 +1,109 @@
+"""How far a local change of the inverted starting noise spreads on a demo-model file (issue 15): the measure of
+the demo UNet that limits DragonDiffusion's unchanged region, for the next model to be trained against.
+
+    .dev/venv/bin/python -m bench.ode_locality [--cases 8] [--draws 4] [--steps 50] [--model another_file.safetensors]
+
+Per case (--cases generated move cases; seed 5 is the main command's scene): the inversion node's z_T; a 4x4 latent
+block of it at the move's target replaced by fresh Gaussian noise (the size of the noise DragonDiffusion copies
+there), --draws times with other noise (the spread varies about 2x between draws); each denoised by plain DDIM (no
+guidance, no bank attention), as is z_T itself. Printed, over the pixels more than two latent cells from the block
+("far"), the draws' mean:
+  reconstruction   mean absolute error (0-255) of the unperturbed run against the input: what the model loses anyway
+  spread           mean absolute difference (0-255) of the perturbed run from the unperturbed one: a UNet whose
+                   denoising is local leaves it near 0
+  first pass       mean |d eps| far from the block in the first UNet pass, against the same near it: the spread
+                   that one pass makes, before the 50 steps accumulate it
+Nothing here asserts.
+"""
+import argparse
+
+import numpy as np
+import torch
+
+from bench.drag_accuracy import Editor
+from tests.support import comfy_inproc
+from tools import scenes
+
+BLOCK = 4    # latent cells, a side
+FAR = 2      # latent cells between the block and the "far" pixels
+
+
+def _denoise(editor, z_T, steps) -> tuple[np.ndarray, torch.Tensor]:
+    """(the decoded image, the first pass's eps) of plain DDIM from z_T (VP, [1, 4, h, w])."""
+    from comfyui_dragedit.kernels.ddim import denoise
+    from comfyui_dragedit.kernels.plan import ddim_plan
+
+    host = editor.nodes["host"]
+    first = []
+
+    def loop(passes, z0):
+        def eps_fn(z, step):
+            eps = passes.eps(z, step)
+            if not first:
+                first.append(eps)
+            return eps
+        return denoise(eps_fn, z_T.to(z0), ddim_plan(steps), passes.alphas_cumprod)
+
+    with torch.inference_mode():  # the LATENT argument only sizes the conditioning
+        samples = host.sample(editor.model, loop, torch.zeros_like(z_T), editor.cond)
+    return editor.decode({"samples": samples}), first[0].float().cpu()
+
+
+def measure(editor, case, steps, draws) -> dict:
+    bank = editor.invert(editor.encode(case.image), 1.0)
+    z_T = bank.latents[bank.timesteps[0]].float().cpu()
+    h, w = z_T.shape[-2:]
+    x, y = scenes.centroid(case.expected_mask)
+    top = min(max(round(y / 8) - BLOCK // 2, 0), h - BLOCK)
+    left = min(max(round(x / 8) - BLOCK // 2, 0), w - BLOCK)
+    block = torch.zeros(1, 1, h, w, dtype=torch.bool)
+    block[..., top:top + BLOCK, left:left + BLOCK] = True
+    far = ~torch.nn.functional.max_pool2d(block.float(), 2 * FAR + 1, 1, FAR).bool()
+    far_px = far[0, 0].repeat_interleave(8, 0).repeat_interleave(8, 1).numpy()
+    reconstruction, eps = _denoise(editor, z_T, steps)
+    generator = torch.Generator().manual_seed(0)
+    spread, far_eps, near_eps = [], [], []
+    for _ in range(draws):
+        noise = torch.randn(z_T.shape, generator=generator)
+        perturbed, eps_perturbed = _denoise(editor, torch.where(block, noise, z_T), steps)
+        d_eps = (eps - eps_perturbed).abs().mean(1)[0]
+        spread.append(np.abs(perturbed.astype(np.int16) - reconstruction)[far_px].mean())
+        far_eps.append(d_eps[far[0, 0]].mean().item())
+        near_eps.append(d_eps[block[0, 0]].mean().item())
+    return dict(reconstruction=float(np.abs(reconstruction.astype(np.int16) - case.image)[far_px].mean()),
+                spread=float(np.mean(spread)), far_eps=float(np.mean(far_eps)), near_eps=float(np.mean(near_eps)))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cases", type=int, default=8, help="generated move cases")
+    ap.add_argument("--draws", type=int, default=4, help="noise draws per case")
+    ap.add_argument("--steps", type=int, default=50, help="DDIM steps")
+    ap.add_argument("--model", help="a demo model file (tools/train_demo.py) instead of the shipped one")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch CPU threads (0: torch's default); 1 as bench.drag_accuracy, for the shared 2-core CPU")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    comfy_inproc.import_comfy()
+    from scripts.draw_example_inputs import DEMO_CASE_SEED
+
+    editor = Editor(args.steps, args.model)
+    cases = {f"move {s}" + (" (main)" if s == DEMO_CASE_SEED else ""): scenes.drag_case(s, "move")
+             for s in range(args.cases)}
+    print(f"A {BLOCK}x{BLOCK} latent block of z_T replaced by Gaussian noise ({args.draws} draws), {args.steps} DDIM "
+          f"steps; pixels more than {FAR} latent cells from it (MAE 0-255; first pass: mean |d eps| far / near)")
+    print(f"{'case':16}{'reconstruction':>16}{'spread':>9}{'first pass':>18}")
+    rows = []
+    for name, case in cases.items():
+        row = measure(editor, case, args.steps, args.draws)
+        rows.append(row)
+        print(f"{name:16}{row['reconstruction']:>16.1f}{row['spread']:>9.1f}"
+              f"{row['far_eps']:>11.3f} / {row['near_eps']:.3f}", flush=True)
+    mean = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+    print(f"{'mean':16}{mean['reconstruction']:>16.1f}{mean['spread']:>9.1f}"
+          f"{mean['far_eps']:>11.3f} / {mean['near_eps']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
