@@ -27,7 +27,7 @@ import time
 import numpy as np
 import torch
 
-from bench.support import widget_defaults
+from bench.support import parse_args, widget_defaults
 from tests.support import comfy_inproc
 from tests.support.comfy_inproc import run_node
 from tests.support.dispatch import PassCounter
@@ -255,11 +255,7 @@ def main():
                     help="also each method's fast preset on STEPS DDIM steps (25: the presets' budget); 0: skip")
     ap.add_argument("--sheet", help="also write a PNG: per case input (handle red, target blue), ground truth, "
                                     "then each method's output")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch CPU threads (0: torch's default); 1 as tools/train_demo.py, for the shared 2-core CPU")
-    args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_args(ap)
     comfy_inproc.import_comfy()
     editor = Editor(args.steps, args.model)
     passes = PassCounter()

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from bench.drag_accuracy import Editor, editable_region, score
-from bench.support import widget_defaults
+from bench.support import parse_args, widget_defaults
 from tests.support import comfy_inproc
 from tests.support.comfy_inproc import run_node
 from tools import scenes
@@ -91,11 +91,7 @@ def main():
     ap.add_argument("--cases", type=int, default=4, help="generated cases of the mode (move: besides the main "
                                                          "command's)")
     ap.add_argument("--steps", type=int, default=50, help="DDIM steps")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch CPU threads (0: torch's default); 1 as bench.drag_accuracy, for the shared 2-core CPU")
-    args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_args(ap)
     if args.cases < 1:
         ap.error("--cases must be at least 1 (the generated cases' mean is a column)")
     comfy_inproc.import_comfy()

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from bench.drag_accuracy import Editor
+from bench.support import parse_args
 from tests.support import comfy_inproc
 from tools import scenes
 
@@ -80,11 +81,7 @@ def main():
     ap.add_argument("--draws", type=int, default=4, help="noise draws per case")
     ap.add_argument("--steps", type=int, default=50, help="DDIM steps")
     ap.add_argument("--model", help="a demo model file (tools/train_demo.py) instead of the shipped one")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch CPU threads (0: torch's default); 1 as bench.drag_accuracy, for the shared 2-core CPU")
-    args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_args(ap)
     comfy_inproc.import_comfy()
     from scripts.draw_example_inputs import DEMO_CASE_SEED
 

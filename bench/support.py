@@ -32,6 +32,16 @@ def encode(clip, text):
         return clip.encode_from_tokens_scheduled(clip.tokenize(text))
 
 
+def parse_args(ap) -> "argparse.Namespace":
+    """`ap`'s arguments with --threads added and applied. One torch thread by default, as tools/train_demo.py: on
+    this shared 2-core CPU two jobs of two threads each ran many times slower than two of one."""
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return args
+
+
 def widget_defaults(node) -> dict:
     """A V3 node's widget defaults by input name, as a freshly added node has them."""
     info = node.GET_NODE_INFO_V1()["input"]
