@@ -63,6 +63,7 @@ def _edits(nodes_, model, encode_text, steps=STEPS):
     return torch.stack([bank.latents[t] for t in bank.timesteps]), moved, dragged
 
 
+@pytest.mark.usefixtures("one_torch_thread")
 def test_a_model_compiled_as_torchcompilemodel_does_edits_as_the_plain_model_without_graph_breaks(
         nodes_, sd15, encode_text):
     from comfy_api.torch_helpers import set_torch_compile_wrapper

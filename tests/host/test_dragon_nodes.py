@@ -413,6 +413,7 @@ def test_a_non_finite_or_out_of_range_sampler_number_is_refused(nodes_, sd15, ba
         sample(nodes_, sd15[0], banks, g, cond, uncond, **{name: value})
 
 
+@pytest.mark.usefixtures("one_torch_thread")
 def test_custom_feature_weights_reach_the_energies(nodes_, sd15, banks, cond, uncond):
     """The Feature Extractor's custom weights replace the method's layer weights (before: no effect at all)."""
     from comfyui_dragedit.nodes import features as features_node

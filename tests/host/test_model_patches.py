@@ -14,6 +14,10 @@ LATENT_HW = (8, 8)
 STEPS = 10
 
 
+# The patched edits are compared with the plain ones, computed once per module (conftest: _one_torch_thread).
+pytestmark = pytest.mark.usefixtures("one_torch_thread_per_module")
+
+
 @pytest.fixture(scope="module")
 def nodes_(comfy_nodes):
     from comfyui_dragedit.nodes import aldd, energy_guidance, guided_sampler, inversion
