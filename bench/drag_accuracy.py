@@ -91,8 +91,6 @@ class Editor:
     def dragon(self, case, latent, baseline=False, steps=None) -> dict:
         """DragonDiffusion's edit of the case on a bank of `steps` DDIM steps (None: the full schedule); baseline:
         zero energy, no bank attention, no SDE (a plain DDIM reconstruction from the inverted latent)."""
-        from comfyui_dragedit.kernels.points import DragPoints
-
         bank = self.invert(latent, 1.0, steps=steps)
         if baseline:  # zero energy: the mask only has to be valid
             h, w = latent["samples"].shape[-2] * 8, latent["samples"].shape[-1] * 8
@@ -100,21 +98,28 @@ class Editor:
             box[:, h // 4:h // 2, w // 4:w // 2] = 1.0
             node, geometry = self.nodes["move"], dict(mask=box, energy_scale=0.0)
             return self.sample(bank, node, geometry, self.model)
+        model = self.bank_attention(bank, case.mode)
+        sde_strength = widget_defaults(self.nodes["sampler"])["sde_strength"]
+        return self.sample(bank, self.nodes[case.mode], self.geometry(case), model, sde_strength=sde_strength)
+
+    @staticmethod
+    def geometry(case) -> dict:
+        """The case's inputs to its mode's guidance node, as a user draws them."""
+        from comfyui_dragedit.kernels.points import DragPoints
+
         mask = torch.from_numpy(case.mask)[None]
         if case.mode == "move":
-            node, geometry = self.nodes["move"], dict(mask=mask, offset_x=round(case.offset[0]),
-                                                      offset_y=round(case.offset[1]))
-        elif case.mode == "resize":
-            node, geometry = self.nodes["resize"], dict(mask=mask, scale=round(case.scale, 2))
-        else:
-            size = case.image.shape[0]
-            node, geometry = self.nodes["drag"], dict(points=DragPoints((case.handle + case.target,), (size, size)),
-                                                      mask=editable_region(case))
-        model = run_node(self.nodes["vca"], model=self.model, memory_bank=bank,
-                         mode="concat" if case.mode == "drag" else "replace", step_range="method's steps",
-                         start_step=0, end_step=1000).result[0]
-        sde_strength = widget_defaults(self.nodes["sampler"])["sde_strength"]
-        return self.sample(bank, node, geometry, model, sde_strength=sde_strength)
+            return dict(mask=mask, offset_x=round(case.offset[0]), offset_y=round(case.offset[1]))
+        if case.mode == "resize":
+            return dict(mask=mask, scale=round(case.scale, 2))
+        size = case.image.shape[0]
+        return dict(points=DragPoints((case.handle + case.target,), (size, size)), mask=editable_region(case))
+
+    def bank_attention(self, bank, mode):
+        """The MODEL with Visual Cross-Attention on the method's steps, in the mode's own bank mode."""
+        return run_node(self.nodes["vca"], model=self.model, memory_bank=bank,
+                        mode="concat" if mode == "drag" else "replace", step_range="method's steps",
+                        start_step=0, end_step=1000).result[0]
 
     def sample(self, bank, guidance_node, geometry, model, sde_strength=0.0, **sampler_widgets) -> dict:
         """The Guided Sampler on `model` with the guidance node's defaults updated by `geometry` and the sampler's

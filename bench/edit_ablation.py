@@ -20,10 +20,9 @@ import time
 import numpy as np
 import torch
 
-from bench.drag_accuracy import Editor, editable_region, score
+from bench.drag_accuracy import Editor, score
 from bench.support import parse_args, widget_defaults
 from tests.support import comfy_inproc
-from tests.support.comfy_inproc import run_node
 from tools import scenes
 
 # mode -> name -> what differs from the default (the nodes' defaults: D+, SDE 0.4, bank attention, energy scale 500
@@ -58,26 +57,17 @@ VARIANTS = {"move": {
 def edit(editor: Editor, case, offset=True, bank=True, **changes) -> np.ndarray:
     """The case's move or drag as bench.drag_accuracy's DragonDiffusion runs it (Editor.dragon), with `changes` to
     the guidance's and the sampler's widgets; offset False moves by 0, bank False samples on the plain model."""
-    from comfyui_dragedit.kernels.points import DragPoints
-
     nodes = editor.nodes
     memory_bank = editor.invert(editor.encode(case.image), 1.0)
     guidance_node = nodes[case.mode]
     guidance_names = widget_defaults(guidance_node)
-    if case.mode == "move":
-        dx, dy = (round(case.offset[0]), round(case.offset[1])) if offset else (0, 0)
-        geometry = dict(mask=torch.from_numpy(case.mask)[None], offset_x=dx, offset_y=dy)
-    else:
-        size = case.image.shape[0]
-        geometry = dict(points=DragPoints((case.handle + case.target,), (size, size)), mask=editable_region(case))
+    geometry = editor.geometry(case)
+    if not offset:
+        geometry.update(offset_x=0, offset_y=0)
     geometry.update({k: v for k, v in changes.items() if k in guidance_names})
     sampler = {"sde_strength": widget_defaults(nodes["sampler"])["sde_strength"],
                **{k: v for k, v in changes.items() if k not in guidance_names}}
-    model = editor.model
-    if bank:
-        model = run_node(nodes["vca"], model=model, memory_bank=memory_bank,
-                         mode="replace" if case.mode == "move" else "concat", step_range="method's steps",
-                         start_step=0, end_step=1000).result[0]
+    model = editor.bank_attention(memory_bank, case.mode) if bank else editor.model
     return editor.decode(editor.sample(memory_bank, guidance_node, geometry, model, **sampler))
 
 
