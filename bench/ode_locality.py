@@ -54,13 +54,14 @@ def measure(editor, case, steps, draws) -> dict:
     bank = editor.invert(editor.encode(case.image), 1.0)
     z_T = bank.latents[bank.timesteps[0]].float().cpu()
     h, w = z_T.shape[-2:]
+    px = case.image.shape[0] // h   # image pixels per latent cell
     x, y = scenes.centroid(case.expected_mask)
-    top = min(max(round(y / 8) - BLOCK // 2, 0), h - BLOCK)
-    left = min(max(round(x / 8) - BLOCK // 2, 0), w - BLOCK)
+    top = min(max(round(y / px) - BLOCK // 2, 0), h - BLOCK)
+    left = min(max(round(x / px) - BLOCK // 2, 0), w - BLOCK)
     block = torch.zeros(1, 1, h, w, dtype=torch.bool)
     block[..., top:top + BLOCK, left:left + BLOCK] = True
     far = ~torch.nn.functional.max_pool2d(block.float(), 2 * FAR + 1, 1, FAR).bool()
-    far_px = far[0, 0].repeat_interleave(8, 0).repeat_interleave(8, 1).numpy()
+    far_px = far[0, 0].repeat_interleave(px, 0).repeat_interleave(px, 1).numpy()
     reconstruction, eps = _denoise(editor, z_T, steps)
     generator = torch.Generator().manual_seed(0)
     spread, far_eps, near_eps = [], [], []
