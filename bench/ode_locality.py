@@ -1,18 +1,22 @@
-"""How far a local change of the inverted starting noise spreads on a demo-model file (issue 15): the measure of
-the demo UNet that limits DragonDiffusion's unchanged region, for the next model to be trained against.
+"""How far a local change of the inverted starting noise spreads on a demo-model file, and how much of it z_T's
+mean carries (issue 15): why DragonDiffusion's noise copy shifted the unchanged region, and keep_noise_mean's fix.
 
     .dev/venv/bin/python -m bench.ode_locality [--cases 8] [--draws 4] [--steps 50] [--model another_file.safetensors]
 
 Per case (--cases generated move cases; seed 5 is the main command's scene): the inversion node's z_T; a 4x4 latent
 block of it at the move's target replaced by fresh Gaussian noise (the size of the noise DragonDiffusion copies
-there), --draws times with other noise (the spread varies about 2x between draws); each denoised by plain DDIM (no
-guidance, no bank attention), as is z_T itself. Printed, over the pixels more than two latent cells from the block
-("far"), the draws' mean:
+there), --draws times with other noise (the spread varies about 2x between draws), once as drawn and once with the
+block's per-channel mean kept at z_T's own there; each denoised by plain DDIM (no guidance, no bank attention), as is
+z_T itself. Printed, over the pixels more than two latent cells from the block ("far"), the draws' mean:
   reconstruction   mean absolute error (0-255) of the unperturbed run against the input: what the model loses anyway
   spread           mean absolute difference (0-255) of the perturbed run from the unperturbed one: a UNet whose
                    denoising is local leaves it near 0
-  first pass       mean |d eps| far from the block in the first UNet pass, against the same near it: the spread
-                   that one pass makes, before the 50 steps accumulate it
+  colour shift     the part of it that is one colour change of the whole far region: the mean over the channels of
+                   |mean difference|; near the spread when the far pixels all shift together
+  mean kept        the spread when the block's new noise keeps z_T's per-channel mean there (what the Energy
+                   Guidance nodes' keep_noise_mean does for the whole of z_T)
+  first pass       mean |d eps| far from the block in the first UNet pass (noise as drawn), against the same near
+                   it: the spread that one pass makes, before the 50 steps accumulate it
 Nothing here asserts.
 """
 import argparse
@@ -63,17 +67,21 @@ def measure(editor, case, steps, draws) -> dict:
     far = ~torch.nn.functional.max_pool2d(block.float(), 2 * FAR + 1, 1, FAR).bool()
     far_px = far[0, 0].repeat_interleave(px, 0).repeat_interleave(px, 1).numpy()
     reconstruction, eps = _denoise(editor, z_T, steps)
+    block_mean = z_T[..., top:top + BLOCK, left:left + BLOCK].mean((-2, -1), keepdim=True)
     generator = torch.Generator().manual_seed(0)
-    spread, far_eps, near_eps = [], [], []
+    rows = []
     for _ in range(draws):
         noise = torch.randn(z_T.shape, generator=generator)
         perturbed, eps_perturbed = _denoise(editor, torch.where(block, noise, z_T), steps)
+        noise_kept = noise - noise[..., top:top + BLOCK, left:left + BLOCK].mean((-2, -1), keepdim=True) + block_mean
+        kept, _ = _denoise(editor, torch.where(block, noise_kept, z_T), steps)
+        far_diff = (perturbed.astype(np.float32) - reconstruction)[far_px]   # [pixels, 3]
         d_eps = (eps - eps_perturbed).abs().mean(1)[0]
-        spread.append(np.abs(perturbed.astype(np.int16) - reconstruction)[far_px].mean())
-        far_eps.append(d_eps[far[0, 0]].mean().item())
-        near_eps.append(d_eps[block[0, 0]].mean().item())
+        rows.append(dict(spread=np.abs(far_diff).mean(), shift=np.abs(far_diff.mean(0)).mean(),
+                         kept=np.abs(kept.astype(np.int16) - reconstruction)[far_px].mean(),
+                         far_eps=d_eps[far[0, 0]].mean().item(), near_eps=d_eps[block[0, 0]].mean().item()))
     return dict(reconstruction=float(np.abs(reconstruction.astype(np.int16) - case.image)[far_px].mean()),
-                spread=float(np.mean(spread)), far_eps=float(np.mean(far_eps)), near_eps=float(np.mean(near_eps)))
+                **{k: float(np.mean([r[k] for r in rows])) for k in rows[0]})
 
 
 def main():
@@ -91,16 +99,16 @@ def main():
              for s in range(args.cases)}
     print(f"A {BLOCK}x{BLOCK} latent block of z_T replaced by Gaussian noise ({args.draws} draws), {args.steps} DDIM "
           f"steps; pixels more than {FAR} latent cells from it (MAE 0-255; first pass: mean |d eps| far / near)")
-    print(f"{'case':16}{'reconstruction':>16}{'spread':>9}{'first pass':>18}")
+    print(f"{'case':16}{'reconstruction':>16}{'spread':>9}{'colour shift':>14}{'mean kept':>11}{'first pass':>18}")
+
+    def line(name, row):
+        print(f"{name:16}{row['reconstruction']:>16.1f}{row['spread']:>9.1f}{row['shift']:>14.1f}{row['kept']:>11.1f}"
+              f"{row['far_eps']:>11.3f} / {row['near_eps']:.3f}", flush=True)
     rows = []
     for name, case in cases.items():
-        row = measure(editor, case, args.steps, args.draws)
-        rows.append(row)
-        print(f"{name:16}{row['reconstruction']:>16.1f}{row['spread']:>9.1f}"
-              f"{row['far_eps']:>11.3f} / {row['near_eps']:.3f}", flush=True)
-    mean = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
-    print(f"{'mean':16}{mean['reconstruction']:>16.1f}{mean['spread']:>9.1f}"
-          f"{mean['far_eps']:>11.3f} / {mean['near_eps']:.3f}")
+        rows.append(measure(editor, case, args.steps, args.draws))
+        line(name, rows[-1])
+    line("mean", {k: float(np.mean([r[k] for r in rows])) for k in rows[0]})
 
 
 if __name__ == "__main__":

@@ -79,7 +79,8 @@ class EnergyGuidance:
     region; pairs: ((dst [K], src [K]), ...) flat row-major feature indices, dst into the current features and
     src into the source ones (move/paste one set, drag one per point); push: drag's P_tar \\ P_cur per point;
     gate: bool [h, w], where the edit gradient applies (§4); sde_mask: bool [h, w], the regional-SDE region (§6);
-    noise_pairs: latent-grid (dst, src) index pairs of the z_T copy (§3.1/3.3/3.4); layer_weights: per-layer
+    noise_pairs: latent-grid (dst, src) index pairs of the z_T copy (§3.1/3.3/3.4); keep_noise_mean: the copy
+    leaves z_T's per-channel mean as it was (see copy_noise; move and drag); layer_weights: per-layer
     factors, None = the mode's official ones (§2); energy_scale: s_E; eta: the guidance step (0.08 move, 0.04).
     offset (dx, dy), scale and points [N, 4] (hx, hy, tx, ty) are in working-image pixels, for previews.
     """
@@ -94,6 +95,7 @@ class EnergyGuidance:
     pairs: Tuple[Tuple[torch.Tensor, torch.Tensor], ...] = ()
     push: Tuple[torch.Tensor, ...] = ()
     noise_pairs: Tuple[Tuple[torch.Tensor, torch.Tensor], ...] = ()
+    keep_noise_mean: bool = False
     layer_weights: Optional[Tuple[float, ...]] = None
     faithful_bugs: bool = False
     offset: Tuple[float, float] = (0.0, 0.0)
@@ -202,7 +204,8 @@ def _noise_placement(mask, latent_size, d_lat, scale, faithful_bugs, roll_canvas
 def move(mask: torch.Tensor, offset: Sequence[float], latent_size: Tuple[int, int], *, scale: float = 1.0,
          reference_mask: Optional[torch.Tensor] = None, weights: Optional[EnergyWeights] = None,
          energy_scale: Optional[float] = None, eta: Optional[float] = None, input_scale: float = 1.0,
-         layer_weights: Optional[Sequence[float]] = None, faithful_bugs: bool = False) -> EnergyGuidance:
+         layer_weights: Optional[Sequence[float]] = None, faithful_bugs: bool = False,
+         keep_noise_mean: bool = True) -> EnergyGuidance:
     """Object moving and resizing (§3.1): the object in `mask` moves by `offset` and scales by `scale`.
 
     mask: [H, W] (image, feature or latent grid of `latent_size`); offset: (dx, dy) in pixels of the image the
@@ -210,6 +213,7 @@ def move(mask: torch.Tensor, offset: Sequence[float], latent_size: Tuple[int, in
     object's bounding-box centre, then moved, clipped at the border. faithful_bugs: the official one, about the
     image centre with the shift scaled by s, circular roll, z_T shifted by the unscaled offset (§9.1, 9.4, 9.6).
     reference_mask: the optional region the vacated area is inpainted from (default: everything kept).
+    keep_noise_mean: the z_T copy keeps z_T's per-channel mean (copy_noise); False: the official copy.
     Raises ValueError (naming the argument) for an empty mask, scale <= 0, or an object moved off the image.
     """
     size = _latent_size(latent_size)
@@ -232,7 +236,8 @@ def move(mask: torch.Tensor, offset: Sequence[float], latent_size: Tuple[int, in
         masks=dict(org=org, cur=cur, other=other, non_overlap=org & ~cur, ref=other if ref is None else ref),
         gate=M.down(cur, size), sde_mask=M.down(cur | org, size), pairs=((p.dst, p.src),),
         noise_pairs=_noise_placement(mask, size, d_lat, scale, faithful_bugs, roll_canvas=True),
-        layer_weights=layer_weights, faithful_bugs=faithful_bugs, offset=(dx, dy), scale=scale)
+        keep_noise_mean=keep_noise_mean, layer_weights=layer_weights, faithful_bugs=faithful_bugs, offset=(dx, dy),
+        scale=scale)
 
 
 def resize(mask: torch.Tensor, scale: float, latent_size: Tuple[int, int], *, offset: Sequence[float] = (0.0, 0.0),
@@ -303,14 +308,14 @@ def _points(points, name: str, size: Tuple[int, int], input_scale: float) -> tor
 def drag(handles, targets, latent_size: Tuple[int, int], *, mask: Optional[torch.Tensor] = None,
          weights: Optional[EnergyWeights] = None, energy_scale: Optional[float] = None,
          eta: Optional[float] = None, input_scale: float = 1.0, layer_weights: Optional[Sequence[float]] = None,
-         faithful_bugs: bool = False) -> EnergyGuidance:
+         faithful_bugs: bool = False, keep_noise_mean: bool = True) -> EnergyGuidance:
     """Point-based content dragging (§3.4): the 3x3 feature patch at each handle moves to its target.
 
     handles, targets: [N, 2] (x, y) in pixels of the image they were clicked on (x input_scale to the working
     8w x 8h image). mask: the editable region; None or all zeros makes the whole image editable (the official code
     then gates the edit gradient out entirely; faithful_bugs keeps that). faithful_bugs also clips x with the
     height (§9.2) and copies the z_T patches one after another, a later pair reading an earlier pair's write
-    (§9.3, without writing into the bank).
+    (§9.3, without writing into the bank). keep_noise_mean as in `move`.
     """
     size = _latent_size(latent_size)
     input_scale = _finite("input_scale", input_scale, positive=True)
@@ -336,7 +341,8 @@ def drag(handles, targets, latent_size: Tuple[int, int], *, mask: Optional[torch
     return EnergyGuidance(
         mode="drag", latent_size=size, **_settings("drag", weights, energy_scale, eta),
         masks=dict(edit=edit, other=~edit), gate=M.down(edit, size), sde_mask=M.down(edit, size),
-        pairs=tuple(pairs), push=tuple(push), noise_pairs=tuple(noise), layer_weights=layer_weights,
+        pairs=tuple(pairs), push=tuple(push), noise_pairs=tuple(noise), keep_noise_mean=keep_noise_mean,
+        layer_weights=layer_weights,
         faithful_bugs=faithful_bugs, points=torch.cat([hs, ts], dim=1))
 
 
@@ -346,6 +352,13 @@ def copy_noise(guidance: EnergyGuidance, z_T: torch.Tensor, z_T_source: Optional
     move/drag copy within z_T; paste copies from the replace image's `z_T_source`; appearance returns z_T.
     Returns a new tensor: the bank's z_T is never written (fix of §9.3). faithful_bugs drags copy the patches in
     order, each reading the previous writes; fixed ones all read the untouched z_T.
+
+    keep_noise_mean (move, drag; not in the paper): what the copy adds to z_T's per-channel sum is taken back evenly
+    from the cells it leaves alone. SD's schedule leaves signal in z_T (ᾱ_T = 0.0047), so an inverted z_T's mean
+    carries the image's mean colour, and DDIM decodes a shifted mean as a colour shift of the whole image; the
+    official copy duplicates the object's noise without taking it from the old place, which shifts the mean (a
+    moved object leaves the image's mean colour as it was). On the demo model the unchanged region of a move goes
+    from 14.4 to 6.3 (README: the demo model).
     """
     h, w = guidance.latent_size
     if z_T.dim() != 4 or tuple(z_T.shape[-2:]) != (h, w):
@@ -360,8 +373,14 @@ def copy_noise(guidance: EnergyGuidance, z_T: torch.Tensor, z_T_source: Optional
     out = z_T.clone()
     flat = out.view(*out.shape[:2], h * w)
     read = flat if guidance.faithful_bugs and guidance.mode == "drag" else source.reshape(flat.shape)
+    written = torch.zeros(h * w, dtype=torch.bool, device=out.device)
     for dst, src in guidance.noise_pairs:
         flat[..., dst.to(out.device)] = read[..., src.to(out.device)]
+        written[dst.to(out.device)] = True
+    if guidance.keep_noise_mean and not written.all():
+        kept = torch.nonzero(~written).squeeze(1)
+        added = (flat - z_T.reshape(flat.shape)).sum(-1, keepdim=True)   # [B, C, 1]
+        flat[..., kept] -= added / kept.numel()
     return out
 
 

@@ -215,15 +215,11 @@ def drag():
     ], "concat")
 
 
-# The demo move's energy scale, 3x the official 500: on this scene (a dark disc on a smooth ground) the copied z_T
-# noise shifts the whole ground, and the stronger content pull brings it back with the disc's colour
-# (bench.edit_ablation: unchanged / object MAE 12.4 / 13.9 against 27.1 / 15.6 at 500).
-DEMO_ENERGY_SCALE = 1500.0
 # The chained drag's settings: the official push of the handle's area off its old content (w_inpaint 0.2) turns the
-# demo model's dragged disc green, the colour opposite its ground; without it and with a stronger pull the dark disc
-# stretches cleanly (bench.edit_ablation --mode drag, 8 generated drags: centroid / unchanged / object 3.2 / 11.6 /
-# 29.8 against 5.3 / 14.6 / 33.3 at the official 0.2 and 2000).
-DEMO_DRAG = dict(w_inpaint=0.0, energy_scale=4000.0)
+# demo model's dragged disc green, the colour opposite its ground; without it the dark disc stretches cleanly
+# (bench.edit_ablation --mode drag, 8 generated drags: centroid / unchanged / object 3.6 / 6.2 / 31.5 against
+# 4.7 / 7.5 / 35.5 at the official 0.2).
+DEMO_DRAG = dict(w_inpaint=0.0)
 CHAINED_DRAG = (72, 74, 72, 88)   # the chained example's second edit: the disc's lower edge 14 px down (128 px image)
 
 
@@ -238,7 +234,7 @@ def demo_move(name="demo_move"):
         node("mask", "GrowMask", mask=("object", 0), expand=2),
         node("points", "DragEditPoints", image=("image", 0), points_json=_points_json(arrow, size=size)),
         node("guidance", "DragEditEnergyGuidanceMove", mask=("mask", 0), offset_x=("points", 1),
-             offset_y=("points", 2), energy_scale=DEMO_ENERGY_SCALE),
+             offset_y=("points", 2)),
     ], "replace", cfg=1.0, head=_demo_head(), steps=50)
 
 

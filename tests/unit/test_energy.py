@@ -355,7 +355,7 @@ def test_payload_is_frozen_and_to_returns_a_copy():
 # -------------------------------------------------------------------------------------------- z_T copy
 
 def test_move_noise_copy_lands_the_object_noise_at_the_target():
-    g = E.move(image_mask(), (16, 8), LATENT)
+    g = E.move(image_mask(), (16, 8), LATENT, keep_noise_mean=False)   # the official copy
     z = latent(5)
     out = E.copy_noise(g, z)
     lat = M.to_grid(image_mask(), LATENT, 1)
@@ -363,6 +363,35 @@ def test_move_noise_copy_lands_the_object_noise_at_the_target():
     assert torch.equal(out[..., moved], _roll(z, 1, 2)[..., moved])
     assert torch.equal(out[..., ~moved], z[..., ~moved])
     assert torch.equal(z, latent(5))                     # the input (the bank's z_T) is not written
+
+
+@pytest.mark.parametrize("mode", ("move", "drag"))
+def test_noise_copy_keeps_the_per_channel_mean_by_default(mode):
+    """The copied cells are the source noise exactly; the others all shift by one constant per channel, so that
+    z_T's per-channel mean (the image's mean colour, through SD's schedule) stays as it was; off, the official copy
+    moves it."""
+    z = latent(5)
+    z[..., 2:5, 4:7] += 2.0                               # a bright object in the noise, as an inversion leaves it
+    if mode == "move":
+        build = lambda **kw: E.move(image_mask(), (16, 8), LATENT, **kw)   # latent object rows 3-4, cols 4-6
+        copied, source = (slice(4, 6), slice(6, 9)), (slice(3, 5), slice(4, 7))
+    else:
+        build = lambda **kw: E.drag([[44.0, 28.0]], [[76.0, 36.0]], LATENT, **kw)   # latent (3, 5) -> (4, 9)
+        copied, source = (slice(3, 6), slice(8, 11)), (slice(2, 5), slice(4, 7))
+    kept, official = E.copy_noise(build(), z), E.copy_noise(build(keep_noise_mean=False), z)
+    assert torch.equal(kept[..., copied[0], copied[1]], z[..., source[0], source[1]])
+    assert torch.equal(official[..., copied[0], copied[1]], z[..., source[0], source[1]])
+    written = official != z
+    shift = (kept - z)[~written].view(4, -1)   # [C, cells] (batch 1): one value per channel
+    assert torch.allclose(shift, shift[:, :1].expand_as(shift))
+    assert (shift[:, 0] < -0.05).all()            # the bright copy is taken back from the rest
+    assert torch.allclose(kept.mean((2, 3)), z.mean((2, 3)), atol=1e-12)
+    assert (official.mean((2, 3)) - z.mean((2, 3)) > 0.05).all()
+
+
+def test_paste_noise_copy_is_the_official_one():
+    """A paste adds an object to the base image, so the base z_T's mean may change with it."""
+    assert E.paste(image_mask(), (-16, 8), LATENT).keep_noise_mean is False
 
 
 def test_noise_copy_input_scale_bug_is_fixed_and_switchable():
