@@ -342,8 +342,7 @@ def drag(handles, targets, latent_size: Tuple[int, int], *, mask: Optional[torch
         mode="drag", latent_size=size, **_settings("drag", weights, energy_scale, eta),
         masks=dict(edit=edit, other=~edit), gate=M.down(edit, size), sde_mask=M.down(edit, size),
         pairs=tuple(pairs), push=tuple(push), noise_pairs=tuple(noise), keep_noise_mean=keep_noise_mean,
-        layer_weights=layer_weights,
-        faithful_bugs=faithful_bugs, points=torch.cat([hs, ts], dim=1))
+        layer_weights=layer_weights, faithful_bugs=faithful_bugs, points=torch.cat([hs, ts], dim=1))
 
 
 def copy_noise(guidance: EnergyGuidance, z_T: torch.Tensor, z_T_source: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -375,8 +374,9 @@ def copy_noise(guidance: EnergyGuidance, z_T: torch.Tensor, z_T_source: Optional
     read = flat if guidance.faithful_bugs and guidance.mode == "drag" else source.reshape(flat.shape)
     written = torch.zeros(h * w, dtype=torch.bool, device=out.device)
     for dst, src in guidance.noise_pairs:
-        flat[..., dst.to(out.device)] = read[..., src.to(out.device)]
-        written[dst.to(out.device)] = True
+        dst = dst.to(out.device)
+        flat[..., dst] = read[..., src.to(out.device)]
+        written[dst] = True
     if guidance.keep_noise_mean and not written.all():
         kept = torch.nonzero(~written).squeeze(1)
         added = (flat - z_T.reshape(flat.shape)).sum(-1, keepdim=True)   # [B, C, 1]

@@ -15,9 +15,9 @@ from tools import scenes
 
 # The shipped demo model's measured accuracy (this test through the server: 0.0 px, 4.5, 17.9; bench.edit_ablation's
 # default row, without demo_move.json's GrowMask: 0.0, 4.8, 16.0; before keep_noise_mean the main command scored
-# 1.4 px, 10.9, 13.6 at energy scale 1500), with a margin for another CPU's
-# rounding. Issue 15's targets are 3 px, 6 and 12: the last is below what the demo model reconstructs the unmoved disc
-# to (13.8 inside it, inversion + reconstruction), so this bound holds the measured accuracy rather than the target.
+# 1.4 px, 10.9, 13.6 at energy scale 1500), with a margin for another CPU's rounding. Issue 15's targets are 3 px, 6
+# and 12: the last is below what the demo model reconstructs the unmoved disc to (13.8 inside it, inversion +
+# reconstruction), so that bound holds the measured accuracy rather than the target.
 MAX_CENTROID_PX = 3.0      # disc centroid to its true place (the issue's target)
 MAX_UNCHANGED_MAE = 6.0    # 0-255, outside the disc's old and new place (the issue's target)
 MAX_OBJECT_MAE = 19.5      # 0-255, inside the disc's true place, against the ground truth (target 12)
