@@ -8,8 +8,8 @@ demo_case) first, scored by bench.drag_accuracy.score (centroid px to the true p
 0-255). The parts:
   energy      the guidance's energy_scale (0: no guided step and no time travel, as the official sampler)
   noise copy  the object's inverted z_T noise copied to its target before sampling (a move by 0 copies nothing,
-              so "energy 0, offset 0" is the plain inversion + reconstruction); by default it keeps z_T's
-              per-channel mean (keep_noise_mean), the official copy does not
+              so "energy 0, offset 0" is the plain inversion + reconstruction); by default it and each guidance
+              step keep the latent's per-channel mean (keep_latent_mean), the official copy and step do not
   bank        Visual Cross-Attention on the method's steps (replace for move, concat for drag)
   SDE         D+'s regional SDE (sde_strength), D: none
   w_inpaint   drag: the weight of the term that pushes the handle's area off its old content
@@ -27,11 +27,11 @@ from tests.support import comfy_inproc
 from tools import scenes
 
 # mode -> name -> what differs from the default (the nodes' defaults: D+, SDE 0.4, bank attention, the z_T copy
-# keeping z_T's mean, energy scale 500 for move, 2000 for drag)
+# and the guidance steps keeping the latent's mean, energy scale 500 for move, 2000 for drag)
 VARIANTS = {"move": {
     "default": {},
-    "official noise copy (z_T's mean moves)": dict(keep_noise_mean=False),
-    "official noise copy, energy scale 1500": dict(keep_noise_mean=False, energy_scale=1500.0),
+    "official copy and step (the latent's mean moves)": dict(keep_latent_mean=False),
+    "official copy and step, energy scale 1500": dict(keep_latent_mean=False, energy_scale=1500.0),
     "energy 0 (noise copy, bank, SDE left)": dict(energy_scale=0.0),
     "energy 0, offset 0 (reconstruction)": dict(energy_scale=0.0, offset=False),
     "no bank attention": dict(bank=False),
@@ -45,7 +45,7 @@ VARIANTS = {"move": {
     "w_inpaint 0": dict(w_inpaint=0.0),
 }, "drag": {
     "default": {},
-    "official noise copy (z_T's mean moves)": dict(keep_noise_mean=False),
+    "official copy and step (the latent's mean moves)": dict(keep_latent_mean=False),
     "energy 0 (noise copy, bank, SDE left)": dict(energy_scale=0.0),
     "no bank attention": dict(bank=False),
     "no SDE": dict(sde_strength=0.0),
@@ -53,7 +53,8 @@ VARIANTS = {"move": {
     "energy scale 4000": dict(energy_scale=4000.0),
     "w_inpaint 0 (no push off the handle)": dict(w_inpaint=0.0),
     "w_inpaint 0, energy scale 4000": dict(w_inpaint=0.0, energy_scale=4000.0),
-    "official noise copy, w_inpaint 0, energy 4000": dict(keep_noise_mean=False, w_inpaint=0.0, energy_scale=4000.0),
+    "official copy and step, w_inpaint 0, energy 4000": dict(keep_latent_mean=False, w_inpaint=0.0,
+                                                             energy_scale=4000.0),
 }}
 
 

@@ -241,7 +241,7 @@ def move(nodes, model, conds, size, bank, schedule):
     mask[:, 16 * s:40 * s, 8 * s:32 * s] = 1
     guidance = run_node(nodes["move"], mask=mask, offset_x=16 * s, offset_y=8 * s, w_edit=4.0, w_content=6.0,
                         w_contrast=0.2, w_inpaint=0.8, energy_scale=500.0, faithful_bugs=False,
-                        keep_noise_mean=True).result[0]
+                        keep_latent_mean=True).result[0]
     patched = run_node(nodes["vca"], model=model, memory_bank=bank, mode="replace", step_range="method's steps",
                        start_step=0, end_step=1000).result[0]
     tap = run_node(nodes["features"], model=model, preset="DragonDiffusion", blocks="", weights="",

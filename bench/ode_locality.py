@@ -1,5 +1,5 @@
 """How far a local change of the inverted starting noise spreads on a demo-model file, and how much of it z_T's
-mean carries (issue 15): why DragonDiffusion's noise copy shifted the unchanged region, and keep_noise_mean's fix.
+mean carries (issue 15): why DragonDiffusion's noise copy shifted the unchanged region, and keep_latent_mean's fix.
 
     .dev/venv/bin/python -m bench.ode_locality [--cases 8] [--draws 4] [--steps 50] [--model another_file.safetensors]
 
@@ -14,7 +14,7 @@ z_T itself. Printed, over the pixels more than two latent cells from the block (
   colour shift     the part of it that is one colour change of the whole far region: the mean over the channels of
                    |mean difference|; near the spread when the far pixels all shift together
   mean kept        the spread when the block's new noise keeps z_T's per-channel mean there (what the Energy
-                   Guidance nodes' keep_noise_mean does for the whole of z_T)
+                   Guidance nodes' keep_latent_mean does for the whole of z_T)
   first pass       mean |d eps| far from the block in the first UNet pass (noise as drawn), against the same near
                    it: the spread that one pass makes, before the 50 steps accumulate it
 Nothing here asserts.

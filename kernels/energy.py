@@ -79,8 +79,9 @@ class EnergyGuidance:
     region; pairs: ((dst [K], src [K]), ...) flat row-major feature indices, dst into the current features and
     src into the source ones (move/paste one set, drag one per point); push: drag's P_tar \\ P_cur per point;
     gate: bool [h, w], where the edit gradient applies (§4); sde_mask: bool [h, w], the regional-SDE region (§6);
-    noise_pairs: latent-grid (dst, src) index pairs of the z_T copy (§3.1/3.3/3.4); keep_noise_mean: the copy
-    leaves z_T's per-channel mean as it was (see copy_noise; move and drag); layer_weights: per-layer
+    noise_pairs: latent-grid (dst, src) index pairs of the z_T copy (§3.1/3.3/3.4); keep_latent_mean: the z_T
+    copy and each guidance step leave the latent's per-channel mean as it was (copy_noise, guidance.correction;
+    move and drag); layer_weights: per-layer
     factors, None = the mode's official ones (§2); energy_scale: s_E; eta: the guidance step (0.08 move, 0.04).
     offset (dx, dy), scale and points [N, 4] (hx, hy, tx, ty) are in working-image pixels, for previews.
     """
@@ -95,7 +96,7 @@ class EnergyGuidance:
     pairs: Tuple[Tuple[torch.Tensor, torch.Tensor], ...] = ()
     push: Tuple[torch.Tensor, ...] = ()
     noise_pairs: Tuple[Tuple[torch.Tensor, torch.Tensor], ...] = ()
-    keep_noise_mean: bool = False
+    keep_latent_mean: bool = False
     layer_weights: Optional[Tuple[float, ...]] = None
     faithful_bugs: bool = False
     offset: Tuple[float, float] = (0.0, 0.0)
@@ -205,7 +206,7 @@ def move(mask: torch.Tensor, offset: Sequence[float], latent_size: Tuple[int, in
          reference_mask: Optional[torch.Tensor] = None, weights: Optional[EnergyWeights] = None,
          energy_scale: Optional[float] = None, eta: Optional[float] = None, input_scale: float = 1.0,
          layer_weights: Optional[Sequence[float]] = None, faithful_bugs: bool = False,
-         keep_noise_mean: bool = True) -> EnergyGuidance:
+         keep_latent_mean: bool = True) -> EnergyGuidance:
     """Object moving and resizing (§3.1): the object in `mask` moves by `offset` and scales by `scale`.
 
     mask: [H, W] (image, feature or latent grid of `latent_size`); offset: (dx, dy) in pixels of the image the
@@ -213,7 +214,8 @@ def move(mask: torch.Tensor, offset: Sequence[float], latent_size: Tuple[int, in
     object's bounding-box centre, then moved, clipped at the border. faithful_bugs: the official one, about the
     image centre with the shift scaled by s, circular roll, z_T shifted by the unscaled offset (§9.1, 9.4, 9.6).
     reference_mask: the optional region the vacated area is inpainted from (default: everything kept).
-    keep_noise_mean: the z_T copy keeps z_T's per-channel mean (copy_noise); False: the official copy.
+    keep_latent_mean: the z_T copy and the guidance steps keep the latent's per-channel mean (copy_noise,
+    guidance.correction); False: the official copy and step.
     Raises ValueError (naming the argument) for an empty mask, scale <= 0, or an object moved off the image.
     """
     size = _latent_size(latent_size)
@@ -236,7 +238,7 @@ def move(mask: torch.Tensor, offset: Sequence[float], latent_size: Tuple[int, in
         masks=dict(org=org, cur=cur, other=other, non_overlap=org & ~cur, ref=other if ref is None else ref),
         gate=M.down(cur, size), sde_mask=M.down(cur | org, size), pairs=((p.dst, p.src),),
         noise_pairs=_noise_placement(mask, size, d_lat, scale, faithful_bugs, roll_canvas=True),
-        keep_noise_mean=keep_noise_mean, layer_weights=layer_weights, faithful_bugs=faithful_bugs, offset=(dx, dy),
+        keep_latent_mean=keep_latent_mean, layer_weights=layer_weights, faithful_bugs=faithful_bugs, offset=(dx, dy),
         scale=scale)
 
 
@@ -308,14 +310,14 @@ def _points(points, name: str, size: Tuple[int, int], input_scale: float) -> tor
 def drag(handles, targets, latent_size: Tuple[int, int], *, mask: Optional[torch.Tensor] = None,
          weights: Optional[EnergyWeights] = None, energy_scale: Optional[float] = None,
          eta: Optional[float] = None, input_scale: float = 1.0, layer_weights: Optional[Sequence[float]] = None,
-         faithful_bugs: bool = False, keep_noise_mean: bool = True) -> EnergyGuidance:
+         faithful_bugs: bool = False, keep_latent_mean: bool = True) -> EnergyGuidance:
     """Point-based content dragging (§3.4): the 3x3 feature patch at each handle moves to its target.
 
     handles, targets: [N, 2] (x, y) in pixels of the image they were clicked on (x input_scale to the working
     8w x 8h image). mask: the editable region; None or all zeros makes the whole image editable (the official code
     then gates the edit gradient out entirely; faithful_bugs keeps that). faithful_bugs also clips x with the
     height (§9.2) and copies the z_T patches one after another, a later pair reading an earlier pair's write
-    (§9.3, without writing into the bank). keep_noise_mean as in `move`.
+    (§9.3, without writing into the bank). keep_latent_mean as in `move`.
     """
     size = _latent_size(latent_size)
     input_scale = _finite("input_scale", input_scale, positive=True)
@@ -341,7 +343,7 @@ def drag(handles, targets, latent_size: Tuple[int, int], *, mask: Optional[torch
     return EnergyGuidance(
         mode="drag", latent_size=size, **_settings("drag", weights, energy_scale, eta),
         masks=dict(edit=edit, other=~edit), gate=M.down(edit, size), sde_mask=M.down(edit, size),
-        pairs=tuple(pairs), push=tuple(push), noise_pairs=tuple(noise), keep_noise_mean=keep_noise_mean,
+        pairs=tuple(pairs), push=tuple(push), noise_pairs=tuple(noise), keep_latent_mean=keep_latent_mean,
         layer_weights=layer_weights, faithful_bugs=faithful_bugs, points=torch.cat([hs, ts], dim=1))
 
 
@@ -352,12 +354,12 @@ def copy_noise(guidance: EnergyGuidance, z_T: torch.Tensor, z_T_source: Optional
     Returns a new tensor: the bank's z_T is never written (fix of §9.3). faithful_bugs drags copy the patches in
     order, each reading the previous writes; fixed ones all read the untouched z_T.
 
-    keep_noise_mean (move, drag; not in the paper): what the copy adds to z_T's per-channel sum is taken back evenly
+    keep_latent_mean (move, drag; not in the paper): what the copy adds to z_T's per-channel sum is taken back evenly
     from the cells it leaves alone. SD's schedule leaves signal in z_T (ᾱ_T = 0.0047), so an inverted z_T's mean
     carries the image's mean colour, and DDIM decodes a shifted mean as a colour shift of the whole image; the
     official copy duplicates the object's noise without taking it from the old place, which shifts the mean (a
     moved object leaves the image's mean colour as it was). On the demo model the unchanged region of a move goes
-    from 14.4 to 6.3 (README: the demo model).
+    from 14.4 to 6.3 (README: the demo model); the same flag keeps the guidance step's mean (guidance.correction).
     """
     h, w = guidance.latent_size
     if z_T.dim() != 4 or tuple(z_T.shape[-2:]) != (h, w):
@@ -377,7 +379,7 @@ def copy_noise(guidance: EnergyGuidance, z_T: torch.Tensor, z_T_source: Optional
         dst = dst.to(out.device)
         flat[..., dst] = read[..., src.to(out.device)]
         written[dst] = True
-    if guidance.keep_noise_mean and not written.all():
+    if guidance.keep_latent_mean and not written.all():
         kept = torch.nonzero(~written).squeeze(1)
         added = (flat - z_T.reshape(flat.shape)).sum(-1, keepdim=True)   # [B, C, 1]
         flat[..., kept] -= added / kept.numel()

@@ -16,7 +16,7 @@ from .errors import ArgumentError
 
 
 def correction(z: torch.Tensor, energy_edit: torch.Tensor, energy_con: torch.Tensor, gate: torch.Tensor,
-               eta: float, energy_scale: float) -> torch.Tensor:
+               eta: float, energy_scale: float, keep_latent_mean: bool = False) -> torch.Tensor:
     """g = eta [m ⊙ ∇_z(s_E E_edit) + (1 - m) ⊙ ∇_z(s_E E_con)], detached, [B, C, h, w] like z.
 
     z: the leaf the energies were computed from; gate m: bool [h, w] on the latent grid. The edit gradient acts
@@ -25,6 +25,11 @@ def correction(z: torch.Tensor, energy_edit: torch.Tensor, energy_con: torch.Ten
     (it doubles as the fp16 loss scale). An energy without graph (no active term) contributes 0. Both gradients
     come from one batched backward through the estimator (is_grads_batched), instead of the official retain_graph
     and a second backward: the same values with half the backward launches (dragondiffusion.md §8).
+
+    keep_latent_mean (not in the paper): g's per-channel sum is taken back evenly from the cells outside the gate,
+    so the step leaves z's per-channel mean as it was, as `energy.copy_noise` does for z_T. SD's schedule keeps the
+    image's mean colour in that mean, and the official step shifted it: on the demo model a move's ground changed
+    colour (a move's unchanged region 6.3 -> 4.4; README: the demo model). The edit gradient itself is untouched.
     """
     live = [(k, e) for k, e in enumerate((energy_edit, energy_con)) if e.requires_grad]
     grads = [torch.zeros_like(z), torch.zeros_like(z)]
@@ -38,7 +43,11 @@ def correction(z: torch.Tensor, energy_edit: torch.Tensor, energy_con: torch.Ten
         grad, = torch.autograd.grad(energy_scale * e, z, allow_unused=True)
         grads[k] = torch.zeros_like(z) if grad is None else grad
     m = gate.to(device=z.device, dtype=z.dtype)[None, None]
-    return (eta * (m * grads[0] + (1.0 - m) * grads[1])).detach()
+    g = eta * (m * grads[0] + (1.0 - m) * grads[1])
+    if keep_latent_mean:   # a whole-image gate has no cell outside: (1 - m) is 0 and g stays; no device read
+        outside = 1.0 - m
+        g = g - outside * g.sum((-2, -1), keepdim=True) / outside.sum().clamp(min=1.0)
+    return g.detach()
 
 
 def regional_sigma(alpha_bar_t: float, alpha_bar_prev: float, mask: torch.Tensor, eta_inside: float,
@@ -118,7 +127,7 @@ class DragonPolicy(StepPolicy):
         with torch.enable_grad():
             zg = z.detach().requires_grad_(True)
             e_edit, e_con = energies(g, self.features_fn(zg, step.t), ref, src)
-            return correction(zg, e_edit, e_con, g.gate, g.eta, g.energy_scale)
+            return correction(zg, e_edit, e_con, g.gate, g.eta, g.energy_scale, g.keep_latent_mean)
 
     def sde_sigma(self, step: PlanStep, z: torch.Tensor) -> torch.Tensor:
         """Sigma map [1, 1, h, w]: step.sde_eta inside the edit region, sde_strength_outside outside (§6)."""

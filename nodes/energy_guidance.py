@@ -65,12 +65,13 @@ def _faithful_input():
                                     "behaviour, bugs included (dragondiffusion.md §9), for comparisons.")
 
 
-def _keep_noise_mean_input():
-    return io.Boolean.Input("keep_noise_mean", default=True,
+def _keep_latent_mean_input():
+    return io.Boolean.Input("keep_latent_mean", default=True,
                             tooltip="On: the object's starting noise, copied to its target, is taken back evenly "
-                                    "from the rest of z_T, so the copy leaves the image's mean colour as it was "
-                                    "(not in the paper; without it the whole image can shift colour). Off: the "
-                                    "official copy.")
+                                    "from the rest of z_T, and each guidance step is taken back evenly from the "
+                                    "cells it does not edit, so neither shifts the image's mean colour (not in "
+                                    "the paper; without it the whole image can shift colour). Off: the official "
+                                    "copy and step.")
 
 
 def _offset_inputs() -> list:
@@ -150,17 +151,17 @@ class DragEditEnergyGuidanceMove(DragEditNode):
             "step 5 of 50) and the Guided Sampler. Clipped at the border unless faithful_bugs.",
             [_object_mask_input("mask", "The object to move"), *_offset_inputs(), _reference_mask_input(),
              *_weight_inputs("move", ("w_edit", "w_content", "w_contrast", "w_inpaint")),
-             _energy_scale_input("move"), _faithful_input(), _keep_noise_mean_input()],
+             _energy_scale_input("move"), _faithful_input(), _keep_latent_mean_input()],
             [_guidance_output()])
 
     @classmethod
     def execute(cls, mask, offset_x, offset_y, w_edit, w_content, w_contrast, w_inpaint, energy_scale,
-                faithful_bugs, keep_noise_mean, reference_mask=None) -> io.NodeOutput:
+                faithful_bugs, keep_latent_mean, reference_mask=None) -> io.NodeOutput:
         weights = _build("move", energy.EnergyWeights, w_edit, w_content, w_contrast, w_inpaint)
         return io.NodeOutput(_build(
             "move", energy.move, mask, (offset_x, offset_y), _latent_size("move", "mask", _mask_size(mask)),
             reference_mask=reference_mask, weights=weights, energy_scale=energy_scale, faithful_bugs=faithful_bugs,
-            keep_noise_mean=keep_noise_mean, seen={"offset": _moved_out(mask, offset_x, offset_y)}))
+            keep_latent_mean=keep_latent_mean, seen={"offset": _moved_out(mask, offset_x, offset_y)}))
 
 
 class DragEditEnergyGuidanceResize(DragEditNode):
@@ -174,17 +175,17 @@ class DragEditEnergyGuidanceResize(DragEditNode):
             [_object_mask_input("mask", "The object to resize"), _scale_input(), *_offset_inputs(),
              _reference_mask_input(),
              *_weight_inputs("move", ("w_edit", "w_content", "w_contrast", "w_inpaint")),
-             _energy_scale_input("move"), _faithful_input(), _keep_noise_mean_input()],
+             _energy_scale_input("move"), _faithful_input(), _keep_latent_mean_input()],
             [_guidance_output()])
 
     @classmethod
     def execute(cls, mask, scale, offset_x, offset_y, w_edit, w_content, w_contrast, w_inpaint, energy_scale,
-                faithful_bugs, keep_noise_mean, reference_mask=None) -> io.NodeOutput:
+                faithful_bugs, keep_latent_mean, reference_mask=None) -> io.NodeOutput:
         weights = _build("resize", energy.EnergyWeights, w_edit, w_content, w_contrast, w_inpaint)
         return io.NodeOutput(_build(
             "resize", energy.resize, mask, scale, _latent_size("resize", "mask", _mask_size(mask)),
             offset=(offset_x, offset_y), reference_mask=reference_mask, weights=weights, energy_scale=energy_scale,
-            faithful_bugs=faithful_bugs, keep_noise_mean=keep_noise_mean,
+            faithful_bugs=faithful_bugs, keep_latent_mean=keep_latent_mean,
             seen={"offset": _moved_out(mask, offset_x, offset_y, scale)}))
 
 
@@ -267,17 +268,17 @@ class DragEditEnergyGuidanceDrag(DragEditNode):
                                    "or empty: the whole image (faithful_bugs: no edit gradient at all, as the "
                                    "official code)."),
              *_weight_inputs("drag", ("w_edit", "w_content", "w_inpaint"), {"w_inpaint": DRAG_INPAINT_TIP}),
-             _energy_scale_input("drag"), _faithful_input(), _keep_noise_mean_input()],
+             _energy_scale_input("drag"), _faithful_input(), _keep_latent_mean_input()],
             [_guidance_output()])
 
     @classmethod
-    def execute(cls, points, w_edit, w_content, w_inpaint, energy_scale, faithful_bugs, keep_noise_mean,
+    def execute(cls, points, w_edit, w_content, w_inpaint, energy_scale, faithful_bugs, keep_latent_mean,
                 mask=None) -> io.NodeOutput:
         weights = _build("drag", energy.EnergyWeights, w_edit, w_content, w_inpaint=w_inpaint)
         return io.NodeOutput(_build(
             "drag", energy.drag, points.handles, points.targets, _latent_size("drag", "points", points.image_size),
             mask=mask, weights=weights, energy_scale=energy_scale, faithful_bugs=faithful_bugs,
-            keep_noise_mean=keep_noise_mean))
+            keep_latent_mean=keep_latent_mean))
 
 
 NODES = [DragEditEnergyGuidanceMove, DragEditEnergyGuidanceResize, DragEditEnergyGuidanceAppearance,

@@ -47,7 +47,7 @@ def _edits(nodes_, model, encode_text, steps=STEPS):
     mask = torch.zeros(1, 64, 64)
     mask[:, 16:40, 8:32] = 1
     guidance = run_node(nodes_.move, mask=mask, offset_x=16, offset_y=8, w_edit=4.0, w_content=6.0, w_contrast=0.2,
-                        w_inpaint=0.8, energy_scale=500.0, faithful_bugs=False, keep_noise_mean=True).result[0]
+                        w_inpaint=0.8, energy_scale=500.0, faithful_bugs=False, keep_latent_mean=True).result[0]
     attending = run_node(nodes_.vca, model=model, memory_bank=bank, mode="replace", step_range="method's steps",
                          start_step=0, end_step=1000).result[0]
     moved = run_node(nodes_.sampler, model=attending, memory_bank=bank, guidance=guidance,

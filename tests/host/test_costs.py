@@ -74,7 +74,7 @@ def _edit(nodes_, model, latent, conds):
     mask = torch.zeros(1, 64, 64)
     mask[:, 16:40, 8:32] = 1
     guidance = run_node(nodes_.move, mask=mask, offset_x=16, offset_y=8, w_edit=4.0, w_content=6.0, w_contrast=0.2,
-                        w_inpaint=0.8, energy_scale=500.0, faithful_bugs=False, keep_noise_mean=True).result[0]
+                        w_inpaint=0.8, energy_scale=500.0, faithful_bugs=False, keep_latent_mean=True).result[0]
     return run_node(nodes_.sampler, model=patched, memory_bank=bank, guidance=guidance, features=DRAGON_TAP,
                     positive=cond, negative=uncond, cfg=4.0, seed=42, schedule="D+", sde_strength=0.4).result[0]
 

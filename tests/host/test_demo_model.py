@@ -156,7 +156,7 @@ def test_shipped_model_inverts_and_reconstructs_held_out_scenes(shipped):
         box[:, 48:80, 48:80] = 1.0
         guidance = run_node(energy_guidance.DragEditEnergyGuidanceMove, mask=box, offset_x=0,
                             offset_y=0, w_edit=4.0, w_content=6.0, w_contrast=0.2, w_inpaint=0.8, energy_scale=0.0,
-                            faithful_bugs=False, keep_noise_mean=True).result[0]
+                            faithful_bugs=False, keep_latent_mean=True).result[0]
         out = run_node(guided_sampler.DragEditGuidedSampler, model=model, memory_bank=bank, guidance=guidance,
                        features=dragon_tap((5, 8), "SD 1.x"), positive=cond, negative=cond, cfg=1.0, seed=0, schedule="D",
                        sde_strength=0.0).result[0]

@@ -339,7 +339,7 @@ def sd15_edit(sd15_unet):
     mask[:, 16:40, 8:32] = 1.0
     move = run_node(energy_guidance.DragEditEnergyGuidanceMove, mask=mask, offset_x=8, offset_y=0, w_edit=4.0,
                     w_content=6.0, w_contrast=0.2, w_inpaint=0.8, energy_scale=500.0, faithful_bugs=False,
-                    keep_noise_mean=True).result[0]
+                    keep_latent_mean=True).result[0]
     paste = run_node(energy_guidance.DragEditEnergyGuidancePaste, mask=mask, offset_x=8, offset_y=0, scale=1.0,
                      w_edit=4.0, w_content=6.0, energy_scale=500.0, faithful_bugs=False).result[0]
     return dict(bank=bank, move=move, paste=paste)

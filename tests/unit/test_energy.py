@@ -355,7 +355,7 @@ def test_payload_is_frozen_and_to_returns_a_copy():
 # -------------------------------------------------------------------------------------------- z_T copy
 
 def test_move_noise_copy_lands_the_object_noise_at_the_target():
-    g = E.move(image_mask(), (16, 8), LATENT, keep_noise_mean=False)   # the official copy
+    g = E.move(image_mask(), (16, 8), LATENT, keep_latent_mean=False)   # the official copy
     z = latent(5)
     out = E.copy_noise(g, z)
     lat = M.to_grid(image_mask(), LATENT, 1)
@@ -378,7 +378,7 @@ def test_noise_copy_keeps_the_per_channel_mean_by_default(mode):
     else:
         build = lambda **kw: E.drag([[44.0, 28.0]], [[76.0, 36.0]], LATENT, **kw)   # latent (3, 5) -> (4, 9)
         copied, source = (slice(3, 6), slice(8, 11)), (slice(2, 5), slice(4, 7))
-    kept, official = E.copy_noise(build(), z), E.copy_noise(build(keep_noise_mean=False), z)
+    kept, official = E.copy_noise(build(), z), E.copy_noise(build(keep_latent_mean=False), z)
     assert torch.equal(kept[..., copied[0], copied[1]], z[..., source[0], source[1]])
     assert torch.equal(official[..., copied[0], copied[1]], z[..., source[0], source[1]])
     written = official != z
@@ -391,7 +391,7 @@ def test_noise_copy_keeps_the_per_channel_mean_by_default(mode):
 
 def test_paste_noise_copy_is_the_official_one():
     """A paste adds an object to the base image, so the base z_T's mean may change with it."""
-    assert E.paste(image_mask(), (-16, 8), LATENT).keep_noise_mean is False
+    assert E.paste(image_mask(), (-16, 8), LATENT).keep_latent_mean is False
 
 
 def test_noise_copy_input_scale_bug_is_fixed_and_switchable():

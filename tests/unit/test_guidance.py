@@ -68,6 +68,13 @@ BUILDERS = {
     "drag": lambda w, **kw: E.drag([[30.0, 22.0], [52.0, 30.0]], [[46.0, 30.0], [60.0, 38.0]], LATENT,
                                    mask=image_mask((8, 56), (8, 88)), weights=w, **kw),
 }
+# The builders whose guidance step can keep the latent's mean (keep_latent_mean, on by default; not in the paper).
+MEAN_KEEPING = ("move", "resize", "drag")
+
+
+def official_step(mode) -> dict:
+    """The builder keywords that give the paper's guidance step (no mean kept) for `mode`."""
+    return dict(keep_latent_mean=False) if mode in MEAN_KEEPING else {}
 
 
 # ------------------------------------------------------------------------------------- §11.5 injection
@@ -111,7 +118,9 @@ def test_regional_gating_of_the_edit_and_content_gradients(mode):
     Drag's w_inpaint term pushes the handle patch, inside E_edit (§3.4), so it goes with w_e there.
     """
     z, step = latent(5), step_at(3)
-    build = BUILDERS[mode]
+
+    def build(weights):
+        return BUILDERS[mode](weights, **official_step(mode))
     edit_only = build(E.EnergyWeights(4.0, 0.0, 0.0, 0.0))
     gate = edit_only.gate
     g = policy(edit_only).guidance(step, z, None)
@@ -145,6 +154,33 @@ def test_correction_is_the_gated_gradient_of_the_scaled_energies():
     m = g.gate.double()
     torch.testing.assert_close(got, g.eta * g.energy_scale * (m * ge + (1 - m) * gc), rtol=1e-10, atol=1e-14)
     assert not got.requires_grad
+
+
+@pytest.mark.parametrize("mode", MEAN_KEEPING)
+def test_keep_latent_mean_takes_the_steps_sum_back_from_the_cells_outside_the_gate(mode):
+    """The official g shifts z's per-channel mean; kept, g sums to 0 per channel, equals the official g inside the
+    gate (the edit gradient is untouched) and differs from it outside by one constant per channel."""
+    z, step = latent(5), step_at(3)
+    official = policy(BUILDERS[mode](None, keep_latent_mean=False)).guidance(step, z, None)
+    kept_guidance = BUILDERS[mode](None)
+    assert kept_guidance.keep_latent_mean
+    kept = policy(kept_guidance).guidance(step, z, None)
+    gate = kept_guidance.gate
+    assert official.sum((-2, -1)).abs().min() > 1e-4
+    torch.testing.assert_close(kept.sum((-2, -1)), torch.zeros(1, 4, dtype=z.dtype), rtol=0, atol=1e-12)
+    assert torch.equal(kept[..., gate], official[..., gate])
+    shift = (kept - official)[..., ~gate]
+    torch.testing.assert_close(shift, shift[..., :1].expand_as(shift), rtol=0, atol=1e-12)
+    torch.testing.assert_close(shift[..., 0] * (~gate).sum(), -official.sum((-2, -1)), rtol=1e-10, atol=1e-12)
+
+
+def test_keep_latent_mean_leaves_a_whole_image_gate_as_it_is():
+    """With nothing outside the gate there is nowhere to take the sum back from: g is the official one."""
+    z = latent(5).requires_grad_(True)
+    e = (z ** 2).sum()
+    gate = torch.ones(LATENT, dtype=torch.bool)
+    kept = G.correction(z, e, e.detach(), gate, 0.1, 2.0, keep_latent_mean=True)
+    torch.testing.assert_close(kept, 0.1 * 2.0 * 2 * z.detach(), rtol=1e-12, atol=1e-12)
 
 
 # ------------------------------------------------------------------------------------------ §11.11 no NaN
