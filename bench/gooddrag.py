@@ -43,7 +43,8 @@ def drag(scheduler, model, bank, cond, points, preset, **overrides):
     widgets.update(overrides)
     return run_node(scheduler, model=model, memory_bank=bank, positive=cond, points=points,
                     features=features.gooddrag_tap(8, "SD 1.x"), preset="custom", motion=preset.motion,
-                    tracker=preset.tracker, masactrl_layers="by resolution (family default)", **widgets)
+                    tracker=preset.tracker, masactrl_layers="by resolution (family default)", keep_outside=True,
+                    **widgets)
 
 
 def invert(model, cond, latent, strength, steps=50):

@@ -263,7 +263,7 @@ def drag(nodes, model, cond, size, preset, steps=50):
     return run_node(nodes["aldd"], model=model, memory_bank=bank, positive=cond, points=points, features=tap,
                     preset="custom", drag_steps=s.drag_steps, drags_per_step=s.drags_per_step,
                     grad_steps_per_drag=s.grad_steps_per_drag, lr=1e-6, max_no_change=0,
-                    masactrl_layers="by resolution (family default)", motion=method.motion,
+                    masactrl_layers="by resolution (family default)", keep_outside=True, motion=method.motion,
                     tracker=method.tracker).result[0]
 
 

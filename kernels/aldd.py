@@ -214,7 +214,12 @@ class AlDDPolicy(StepPolicy):
         (gooddrag.md §3.1).
     plan: the run's plan (`settings.plan(num_steps)`); drag steps must be consecutive.
     alphas_cumprod: float64 [1000]. handles, targets: float [N, 2] (x, y) image px. image_size: (W, H).
-    mask: editable region at image resolution (see `motion.latent_keep`), or None.
+    mask: editable region at image resolution (see `motion.latent_editable`), or None.
+    keep_outside (not in the papers): after every DDIM step the edit latent outside a non-empty mask is set to the
+        source's, as ComfyUI's latent noise mask does, so the image outside the mask stays the reconstruction's.
+        Officially only the lambda term holds that region, during the drags, and the denoising after them spreads
+        the edit's colour over it (the demo model's drags: 6.6 -> 4.0 outside, README: the demo model). False:
+        the official loop.
     sup_size: (sup_h, sup_w) of the feature maps; default `supervision_size(image_size)`.
     loss_scaling: scale the loss for backward through an fp16 UNet on CUDA, as both official codes (MaskedAdam).
     callback(info) after every gradient step: dict(i, t, grad_step, total, drag, handles, loss, active), where
@@ -237,8 +242,8 @@ class AlDDPolicy(StepPolicy):
     def __init__(self, forward_fn, plan, alphas_cumprod: torch.Tensor, handles, targets,
                  image_size: tuple[int, int], *, settings: AlDDSettings = GOODDRAG.settings,
                  motion: MotionSupervision = GOODDRAG.motion, tracker: TrackerSpec = GOODDRAG.tracker,
-                 mask: torch.Tensor | None = None, sup_size: tuple[int, int] | None = None,
-                 loss_scaling: bool = False, callback=None):
+                 mask: torch.Tensor | None = None, keep_outside: bool = False,
+                 sup_size: tuple[int, int] | None = None, loss_scaling: bool = False, callback=None):
         width, height = image_size
         if width < 2 or height < 2:
             raise ArgumentError("image_size", f"must be (W, H) with both >= 2, got {image_size!r}")
@@ -259,6 +264,7 @@ class AlDDPolicy(StepPolicy):
         self.image_size = (width, height)
         self.sup_size = tuple(sup_size) if sup_size is not None else supervision_size(image_size)
         self.mask = None if mask is None else mask.detach().cpu()
+        self.keep_outside = keep_outside
         self.loss_scaling = loss_scaling
         self.callback = callback
         self.origins = to_supervision(handles_xy, image_size, self.sup_size)
@@ -272,6 +278,7 @@ class AlDDPolicy(StepPolicy):
         self._counters = None
         self._z_ref = None
         self._keep = None
+        self._outside = None
         self._adam_scale = None
 
     @property
@@ -318,6 +325,11 @@ class AlDDPolicy(StepPolicy):
         self._reached = torch.zeros((), dtype=torch.bool, device=device)
         keep = motion_mod.latent_keep(self.mask, self.sup_size, tuple(z.shape[-2:]), self.motion)
         self._keep = None if keep is None else keep.to(device=device, dtype=z.dtype)
+        self._outside = None
+        if self.keep_outside and self.mask is not None:
+            editable = motion_mod.latent_editable(self.mask, self.sup_size, tuple(z.shape[-2:]))
+            if bool(editable.any()):   # the CPU mask: an empty one leaves the whole image editable
+                self._outside = (editable == 0).to(device)
 
     def revise_step(self, step: PlanStep) -> PlanStep:
         """Once dragging stopped early, later drag steps are plain steps with MasaCtrl (GD pipeline.py:L695-704)."""
@@ -346,6 +358,12 @@ class AlDDPolicy(StepPolicy):
         if bool(self._stopped):   # the one read per chunk
             self.stop_reason = "reached" if bool(self._reached) else "no_change"
         return torch.cat([z[:1], z_edit])
+
+    def after_step(self, step: PlanStep, z_prev: torch.Tensor, x0_hat: torch.Tensor) -> torch.Tensor:
+        """With keep_outside: the edit item outside the mask takes the source item's latent at t_prev."""
+        if self._outside is None:
+            return z_prev
+        return torch.cat([z_prev[:1], torch.where(self._outside, z_prev[:1], z_prev[1:])])
 
     def _drag(self, step, z_edit, ref, orig_next, a_t, a_prev) -> torch.Tensor:
         """One drag chunk at step.t (gooddrag.md §3.2): B drags of J Adam steps on a fresh Adam, tracking after

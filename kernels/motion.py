@@ -137,14 +137,26 @@ def drag_loss(spec: MotionSupervision, features: torch.Tensor, handles: torch.Te
     return loss
 
 
-def latent_keep(mask: torch.Tensor | None, sup_size: tuple[int, int], latent_size: tuple[int, int],
-                spec: MotionSupervision) -> torch.Tensor | None:
-    """(1 - M) at latent resolution [1, 1, h, w], or None when the latent term is off.
+def latent_editable(mask: torch.Tensor, sup_size: tuple[int, int], latent_size: tuple[int, int]) -> torch.Tensor:
+    """M at latent resolution, float [1, 1, h, w] of 0/1.
 
     mask: image-resolution editable region [H, W], [1, H, W] or [1, 1, H, W], > 0 = editable (GD prepare_mask
-    binarizes the same way), or None. It is resized image -> sup_size -> latent_size by nearest neighbour twice,
-    as both codes do (gooddrag.md §2 step 5). The term is off when lam == 0, or when the mask is absent or empty
-    and spec.regularize_empty_mask is False. Called once per run: the emptiness test syncs.
+    binarizes the same way). It is resized image -> sup_size -> latent_size by nearest neighbour twice, as both
+    codes do (gooddrag.md §2 step 5).
+    """
+    if not 2 <= mask.dim() <= 4 or mask.numel() != mask.shape[-2] * mask.shape[-1]:
+        raise ArgumentError("mask", f"must be [H, W], [1, H, W] or [1, 1, H, W], got shape {tuple(mask.shape)}")
+    editable = (mask.reshape((1, 1) + tuple(mask.shape[-2:])) > 0).float()
+    return F.interpolate(F.interpolate(editable, size=tuple(sup_size), mode="nearest"),
+                         size=tuple(latent_size), mode="nearest")
+
+
+def latent_keep(mask: torch.Tensor | None, sup_size: tuple[int, int], latent_size: tuple[int, int],
+                spec: MotionSupervision) -> torch.Tensor | None:
+    """(1 - M) at latent resolution [1, 1, h, w] (M from `latent_editable`), or None when the latent term is off.
+
+    The term is off when lam == 0, or when the mask is absent or empty and spec.regularize_empty_mask is False.
+    Called once per run with a CPU mask: the emptiness test reads no device.
     """
     if spec.lam == 0:
         return None
@@ -152,11 +164,7 @@ def latent_keep(mask: torch.Tensor | None, sup_size: tuple[int, int], latent_siz
         if not spec.regularize_empty_mask:
             return None
         return torch.ones((1, 1) + tuple(latent_size))
-    if not 2 <= mask.dim() <= 4 or mask.numel() != mask.shape[-2] * mask.shape[-1]:
-        raise ArgumentError("mask", f"must be [H, W], [1, H, W] or [1, 1, H, W], got shape {tuple(mask.shape)}")
-    editable = (mask.reshape((1, 1) + tuple(mask.shape[-2:])) > 0).float()
-    editable = F.interpolate(F.interpolate(editable, size=tuple(sup_size), mode="nearest"),
-                             size=tuple(latent_size), mode="nearest")
+    editable = latent_editable(mask, sup_size, latent_size)
     if not spec.regularize_empty_mask and not bool(editable.any()):
         return None
     return 1.0 - editable

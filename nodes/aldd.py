@@ -105,6 +105,12 @@ class DragEditAlDDScheduler(DragEditNode):
                                        "(MasaCtrl). By resolution: the decoder below image / 32, as the official "
                                        "SD-1.5 code (output blocks 6-11; on SDXL output 3-5). Whole decoder: every "
                                        "decoder self-attention (what third-party SDXL ports do)."),
+                io.Boolean.Input("keep_outside", default=True,
+                                 tooltip="On: after every step the latent outside the mask is set back to the "
+                                         "source's, as ComfyUI's latent noise mask does, so the rest of the image "
+                                         "stays as it was (not in the papers; no mask, or an empty one: nothing is "
+                                         "held). Off: the official loop, where only the lambda term holds it, "
+                                         "during the drags."),
                 types.Motion.Input("motion", optional=True,
                                    tooltip="Motion Supervision settings; replaces the preset's loss (gooddrag: "
                                            "r1 4, beta 4, lambda 0.1; dragdiffusion: r1 1, lambda 0.1)."),
@@ -113,8 +119,9 @@ class DragEditAlDDScheduler(DragEditNode):
                                             "for dragdiffusion; window clamped to the map)."),
                 io.Mask.Input("mask", optional=True,
                               tooltip="Editable region (1 = may change), any size. Outside it the latent is kept on "
-                                      "the source path (the motion loss's lambda term). None or all zeros: see "
-                                      "Motion Supervision's empty_mask (default: no region, no latent term)."),
+                                      "the source path (keep_outside, and the motion loss's lambda term). None or "
+                                      "all zeros: the whole image may change (Motion Supervision's empty_mask can "
+                                      "make the lambda term hold it all instead)."),
                 io.Image.Input("image", optional=True,
                                tooltip="For the preview: the image the points were drawn on (blank without it)."),
             ],
@@ -132,8 +139,8 @@ class DragEditAlDDScheduler(DragEditNode):
 
     @classmethod
     def execute(cls, model, memory_bank, positive, points, features, preset, drag_steps, drags_per_step,
-                grad_steps_per_drag, lr, max_no_change, masactrl_layers, motion=None, tracker=None, mask=None,
-                image=None) -> io.NodeOutput:
+                grad_steps_per_drag, lr, max_no_change, masactrl_layers, keep_outside, motion=None, tracker=None,
+                mask=None, image=None) -> io.NodeOutput:
         fam = host.family(model, NAME)
         host.check_features(features, fam, NAME)
         positive = host.conditioning(positive, model, NAME, "positive")
@@ -173,7 +180,7 @@ class DragEditAlDDScheduler(DragEditNode):
             policy = aldd.AlDDPolicy(
                 lambda z_, t, need_eps: passes.features(z_, t, features, need_eps), steps, passes.alphas_cumprod,
                 points.handles, points.targets, points.image_size, settings=settings, motion=motion,
-                tracker=tracker, mask=editable, sup_size=features.target_size(image_hw),
+                tracker=tracker, mask=editable, keep_outside=keep_outside, sup_size=features.target_size(image_hw),
                 loss_scaling=host.needs_loss_scaling(model),
                 callback=lambda info: progress(dict(done=info["grad_step"])))
             progress = host.Progress(model, policy.total + len(steps), cls.hidden.unique_id)

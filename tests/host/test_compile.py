@@ -59,7 +59,7 @@ def _edits(nodes_, model, encode_text, steps=STEPS):
                        points=DragPoints(((20.0, 30.0, 44.0, 30.0),), (64, 64)),
                        features=features.gooddrag_tap(8, "SD 1.x"), preset="custom", drag_steps=2, drags_per_step=2,
                        grad_steps_per_drag=1, lr=0.1, max_no_change=0,
-                       masactrl_layers="by resolution (family default)").result[0]["samples"]
+                       masactrl_layers="by resolution (family default)", keep_outside=True).result[0]["samples"]
     return torch.stack([bank.latents[t] for t in bank.timesteps]), moved, dragged
 
 

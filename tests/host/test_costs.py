@@ -103,7 +103,7 @@ def test_the_gooddrag_loop_reads_the_device_only_at_chunk_ends(nodes_, sd15, lat
     run_node(nodes_.aldd, model=model, memory_bank=bank, positive=cond,
              points=DragPoints(((20.0, 30.0, 44.0, 30.0),), (64, 64)), features=GOODDRAG_TAP, preset="custom",
              drag_steps=3, drags_per_step=2, grad_steps_per_drag=2, lr=0.05, max_no_change=0,
-             masactrl_layers="by resolution (family default)", mask=mask)
+             masactrl_layers="by resolution (family default)", keep_outside=True, mask=mask)
     (loop,) = counters
     assert loop.ops["aten::convolution_backward"] > 0, "the drags ran inside the counted loop"
     assert loop.syncs == {"aten::_local_scalar_dense": 3}, "one read of the stop flag per drag chunk"

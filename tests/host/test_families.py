@@ -542,7 +542,7 @@ def test_masactrl_reads_the_source_in_the_layers_its_setting_names_on_sdxl(nodes
         edits[setting] = node_run(nodes_.aldd, model=model, memory_bank=bank, positive=cond,
                                   points=DragPoints(((48.0, 52.0, 88.0, 52.0),), (IMAGE, IMAGE)), features=good,
                                   preset="custom", drag_steps=1, drags_per_step=2, grad_steps_per_drag=1, lr=0.05,
-                                  max_no_change=0, masactrl_layers=setting)[0]["samples"]
+                                  max_no_change=0, masactrl_layers=setting, keep_outside=True)[0]["samples"]
         layers[setting] = set(reached)
     by_resolution, whole = layers[host.MASACTRL_BY_RESOLUTION], layers[host.MASACTRL_WHOLE_DECODER]
     assert {block for _, block, _ in by_resolution} == {3, 4, 5} and len(by_resolution) == 6, sorted(by_resolution)

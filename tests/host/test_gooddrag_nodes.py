@@ -67,7 +67,7 @@ def points(*pairs, size=IMAGE):
 
 def schedule(nodes_, model, bank, cond, pts, preset="custom", **kwargs):
     widgets = dict(drag_steps=2, drags_per_step=2, grad_steps_per_drag=1, lr=0.1, max_no_change=0,
-                   masactrl_layers="by resolution (family default)")
+                   masactrl_layers="by resolution (family default)", keep_outside=True)
     widgets.update(kwargs)
     return run_node(nodes_.scheduler, model=model, memory_bank=bank, positive=cond, points=pts,
                     features=features.gooddrag_tap(8, "SD 1.x"), preset=preset, **widgets).result
@@ -101,6 +101,21 @@ def test_handles_on_their_targets_give_the_source_reconstruction(nodes_, sd15, b
     latent, final, _ = schedule(nodes_, sd15[0], bank, cond, pts, preset=preset)
     torch.testing.assert_close(latent["samples"], reconstruction, atol=1e-5, rtol=1e-5)
     assert final.pairs == ((20.0, 30.0, 20.0, 30.0), (50.0, 10.0, 51.0, 11.0))
+
+
+@pytest.mark.parametrize("keep_outside", [True, False], ids=["keep_outside", "official"])
+def test_keep_outside_holds_the_latent_outside_the_mask_at_the_reconstruction(nodes_, sd15, bank, cond,
+                                                                              reconstruction, keep_outside):
+    mask = torch.zeros(1, *IMAGE)
+    mask[:, :, :40] = 1.0                # x < 40 px: latent columns 0-4 editable (through the 32x32 features)
+    latent, _, _ = schedule(nodes_, sd15[0], bank, cond, points((20.0, 30.0, 36.0, 30.0)), mask=mask,
+                            keep_outside=keep_outside)
+    change = (latent["samples"] - reconstruction).abs()
+    assert change[..., :5].max() > 1e-3
+    if keep_outside:
+        assert change[..., 5:].max() < 1e-5
+    else:   # officially the lambda term only pulls it back during the drags
+        assert change[..., 5:].max() > 1e-3
 
 
 def test_progress_counts_drags_and_denoise_steps_and_is_interruptible(nodes_, sd15, bank, cond):

@@ -335,6 +335,43 @@ def test_drags_touch_only_the_edit_item():
     assert policy.before_step(settings.plan(50)[1], moved) is moved
 
 
+# ---- keep_outside (not in the papers) ------------------------------------------------------------------------
+
+def _masked_drag(mask, keep_outside):
+    """Two drag timesteps of a drag from inside the mask to its edge, then the plain denoising to t=0."""
+    settings = dataclasses.replace(GOODDRAG.settings, drag_steps=2, drags_per_step=2)
+    plan = settings.plan(50)
+    unet, z = StubUNet(), _latent()
+    policy = AlDDPolicy(unet.forward, plan, ALPHAS, _xy([12, 14]), _xy([40, 20]), IMAGE, settings=settings,
+                        motion=GOODDRAG.motion, tracker=GOODDRAG.tracker, mask=mask, keep_outside=keep_outside)
+    with torch.enable_grad():
+        return ddim.denoise(unet.eps_fn, torch.cat([z, z]), plan, ALPHAS, policy), policy
+
+
+def _left_of(x_px):
+    mask = torch.zeros(64, 64)
+    mask[:, :x_px] = 1.0
+    return mask
+
+
+def test_keep_outside_holds_the_latent_outside_the_mask_on_the_source_path():
+    out, policy = _masked_drag(_left_of(48), keep_outside=True)   # latent columns 0-5 editable, 6-7 not
+    assert policy.grad_steps > 0
+    assert torch.equal(out[1, ..., 6:], out[0, ..., 6:])
+    assert (out[1, ..., :6] - out[0, ..., :6]).abs().max() > 1e-3
+
+
+def test_without_keep_outside_the_region_outside_the_mask_drifts_as_officially():
+    out, _ = _masked_drag(_left_of(48), keep_outside=False)
+    assert (out[1, ..., 6:] - out[0, ..., 6:]).abs().max() > 1e-3
+
+
+def test_keep_outside_with_an_empty_mask_leaves_the_whole_image_editable():
+    kept, _ = _masked_drag(torch.zeros(64, 64), keep_outside=True)
+    official, _ = _masked_drag(torch.zeros(64, 64), keep_outside=False)
+    assert torch.equal(kept, official) and not torch.equal(kept[1], kept[0])
+
+
 # ---- bad input --------------------------------------------------------------------------------------------------
 
 def _policy(**overrides):
