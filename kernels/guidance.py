@@ -43,9 +43,9 @@ def correction(z: torch.Tensor, energy_edit: torch.Tensor, energy_con: torch.Ten
         grad, = torch.autograd.grad(energy_scale * e, z, allow_unused=True)
         grads[k] = torch.zeros_like(z) if grad is None else grad
     m = gate.to(device=z.device, dtype=z.dtype)[None, None]
-    g = eta * (m * grads[0] + (1.0 - m) * grads[1])
-    if keep_latent_mean:   # a whole-image gate has no cell outside: (1 - m) is 0 and g stays; no device read
-        outside = 1.0 - m
+    outside = 1.0 - m
+    g = eta * (m * grads[0] + outside * grads[1])
+    if keep_latent_mean:   # a whole-image gate has no cell outside: outside is 0 and g stays; no device read
         g = g - outside * g.sum((-2, -1), keepdim=True) / outside.sum().clamp(min=1.0)
     return g.detach()
 
