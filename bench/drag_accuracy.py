@@ -15,8 +15,9 @@ the UNet passes and CPU seconds per edit of each, so the table shows what the sp
                 ln(scale) / ln(asked scale): 1 is the asked size, 0 the input's (cases shrink and grow).
   unchanged     mean absolute error (0-255) against the input outside the object's old and new place (4 px margin).
   object        mean absolute error (0-255) against the ground truth over the object's true place.
-  MD px         DragBench's mean distance: the handle's feature in the input (the demo UNet's output block 8 at
-                t=261, as DIFT) found by nearest neighbour in the output, distance to the target.
+  MD px         DragBench's mean distance: each handle's feature in the input (the demo UNet's output block 8 at
+                t=261, as DIFT) found by nearest neighbour in the output, distance to its target, averaged over
+                the case's drags (one for move and drag; four edge points for resize, as a user resizes by drags).
 Then issue 15's targets, each checked against the baseline measured in the same run.
 Nothing here asserts: the tests do (tests/e2e/test_demo_move.py for the main command).
 """
@@ -113,7 +114,7 @@ class Editor:
         if case.mode == "resize":
             return dict(mask=mask, scale=round(case.scale, 2))
         size = case.image.shape[0]
-        return dict(points=DragPoints((case.handle + case.target,), (size, size)), mask=editable_region(case))
+        return dict(points=DragPoints(case.drags, (size, size)), mask=editable_region(case))
 
     def bank_attention(self, bank, mode):
         """The MODEL with Visual Cross-Attention on the method's steps, in the mode's own bank mode."""
@@ -141,7 +142,7 @@ class Editor:
 
         size = case.image.shape[0]
         bank = self.invert(latent, GOODDRAG.settings.strength, steps=steps)
-        points = DragPoints((case.handle + case.target,), (size, size))
+        points = DragPoints(case.drags, (size, size))
         widgets = widget_defaults(self.nodes["aldd"])
         if steps:
             widgets["preset"] = "gooddrag fast"
@@ -208,9 +209,10 @@ def score(case, output: np.ndarray) -> dict:
 
 
 def measure(case, output: np.ndarray, f_in: torch.Tensor, f_out: torch.Tensor) -> dict:
-    """score() plus MD px, DragBench's mean distance with the demo UNet's features."""
-    point = matched_point(f_in, f_out, case.handle, case.image.shape[1])
-    return dict(score(case, output), md=math.dist(point, case.target))
+    """score() plus MD px, DragBench's mean distance (over the case's drags) with the demo UNet's features."""
+    size = case.image.shape[1]
+    distances = [math.dist(matched_point(f_in, f_out, (hx, hy), size), (tx, ty)) for hx, hy, tx, ty in case.drags]
+    return dict(score(case, output), md=float(np.mean(distances)))
 
 
 def reconstruction_psnr(editor, count: int, size: int) -> tuple[float, float]:
@@ -280,7 +282,7 @@ def main():
     for mode in modes:
         cases = [scenes.drag_case(seed, mode, args.size) for seed in range(args.cases)]
         before = [math.dist(scenes.centroid(c.mask), scenes.centroid(c.expected_mask)) for c in cases]
-        md_before = [math.dist(c.handle, c.target) for c in cases]
+        md_before = [np.mean([math.hypot(tx - hx, ty - hy) for hx, hy, tx, ty in c.drags]) for c in cases]
         object_before = [np.abs(c.image.astype(np.int16) - c.expected.astype(np.int16))[c.expected_mask >= 0.5].mean()
                          for c in cases]
         reached = "0.00" if mode == "resize" else ""
@@ -315,11 +317,12 @@ def main():
 
 
 def _marked(case) -> np.ndarray:
-    """The input with the handle (red) and target (blue) drawn as 3x3 dots."""
+    """The input with the handles (red) and targets (blue) drawn as 3x3 dots."""
     image = case.image.copy()
-    for (x, y), colour in ((case.handle, (255, 0, 0)), (case.target, (0, 90, 255))):
-        row, col = round(y), round(x)
-        image[max(row - 1, 0):row + 2, max(col - 1, 0):col + 2] = colour
+    for hx, hy, tx, ty in case.drags:
+        for (x, y), colour in (((hx, hy), (255, 0, 0)), ((tx, ty), (0, 90, 255))):
+            row, col = round(y), round(x)
+            image[max(row - 1, 0):row + 2, max(col - 1, 0):col + 2] = colour
     return image
 
 

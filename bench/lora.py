@@ -55,7 +55,7 @@ def aldd_edit(editor: Editor, case, latent: dict, preset: str) -> dict:
     fam = editor.nodes["host"].family(editor.model, "bench")
     size = case.image.shape[0]
     bank = editor.invert(latent, ALDD_PRESETS[preset].settings.strength)
-    points = DragPoints((case.handle + case.target,), (size, size))
+    points = DragPoints(case.drags, (size, size))
     widgets = {**widget_defaults(editor.nodes["aldd"]), "preset": preset}
     return run_node(editor.nodes["aldd"], model=editor.model, memory_bank=bank, positive=editor.cond, points=points,
                     features=gooddrag_tap(fam.gooddrag_tap, fam.name), mask=editable_region(case),

@@ -30,6 +30,7 @@ PERIOD_RANGE = (4.0, 12.0)       # object stripes and checker
 BACKGROUND_PERIOD_RANGE = (6.0, 16.0)
 OFFSET_RANGE = (12.0, 32.0)      # length of a move or drag
 SHRINK_RANGE, GROW_RANGE = (0.65, 0.8), (1.25, 1.5)
+RESIZE_DIRECTIONS = ((1.0, 0.0), (-1.0, 0.0), (0.0, 1.0), (0.0, -1.0))   # a resize's handles: right, left, below, above
 EDGE_MARGIN = 2.0                # every object keeps this far from the image border
 SEPARATION = 6.0                 # gap between objects of a separated scene
 MIN_CONTRAST = 80.0              # RGB distance from an object's mean colour to every colour of its background
@@ -39,6 +40,7 @@ PLACEMENT_TRIES = 50
 
 RGB = tuple[int, int, int]
 Point = tuple[float, float]
+Drag = tuple[float, float, float, float]   # handle x, handle y, target x, target y
 
 
 @dataclass(frozen=True)
@@ -87,15 +89,15 @@ class Scene:
 @dataclass(frozen=True, eq=False)   # eq=False: arrays have no single truth value to compare by
 class DragCase:
     """One benchmark drag with its ground truth: object `index` of `scene`, moved by `offset` px and resized by
-    `scale` about its centre, is `expected`. `handle` -> `target` (x, y) px is the drag a user would draw; `mask`
-    and `expected_mask` (float32 coverage) locate the object before and after, for scoring where it landed."""
+    `scale` about its centre, is `expected`. `drags` are the (handle x, handle y, target x, target y) px a user
+    would draw; `mask` and `expected_mask` (float32 coverage) locate the object before and after, for scoring
+    where it landed."""
     mode: str
     scene: Scene
     index: int
     image: np.ndarray
     mask: np.ndarray
-    handle: Point
-    target: Point
+    drags: tuple[Drag, ...]
     offset: Point
     scale: float
     expected: np.ndarray
@@ -359,17 +361,21 @@ def training_images(seed: int, count: int, size: int = 128) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------------------------ drag cases
 
-def _boundary_distance(obj: SceneObject) -> float:
-    """How far right of its centre the object's edge is: the resize handle sits there, on the visible edge."""
+def _boundary_distance(obj: SceneObject, direction: Point) -> float:
+    """How far from its centre, along the unit `direction`, the object's edge is: resize handles sit there."""
     if obj.shape == "disc":
         return obj.radius
     vertices = _outline(obj)
     hits = []
     for (x0, y0), (x1, y1) in zip(vertices, vertices[1:] + vertices[:1]):
-        if y0 <= 0 < y1 or y1 <= 0 < y0:
-            hit = x0 + (-y0 / (y1 - y0)) * (x1 - x0)
-            if hit > 0:
-                hits.append(hit)
+        # the ray t * direction meets the edge (x0, y0) + s * (x1 - x0, y1 - y0) where both cross products agree
+        ex, ey = x1 - x0, y1 - y0
+        across = direction[0] * ey - direction[1] * ex
+        if abs(across) < 1e-12:
+            continue
+        t, s = (x0 * ey - y0 * ex) / across, (x0 * direction[1] - y0 * direction[0]) / across
+        if t > 0 and 0 <= s < 1:
+            hits.append(t)
     return min(hits)
 
 
@@ -385,9 +391,10 @@ def _random_edit(rng: np.random.Generator, mode: str, unit: float) -> tuple[Poin
 def drag_case(seed: int, mode: str, size: int = 128) -> DragCase:
     """A benchmark drag on a separated scene of 1-2 objects; the first object is edited.
 
-    "move" and "drag" shift it OFFSET_RANGE px (handle at its centroid, target at handle + offset; "drag" is the
-    content-drag task); "resize" scales it by SHRINK_RANGE or GROW_RANGE about its centre (handle on its right
-    edge, target where that edge point goes). The edited object stays inside the image and clear of the other;
+    "move" and "drag" shift it OFFSET_RANGE px (one drag: handle at its centroid, target at handle + offset;
+    "drag" is the content-drag task); "resize" scales it by SHRINK_RANGE or GROW_RANGE about its centre (four
+    drags, RESIZE_DIRECTIONS: handles on its visible edge right, left, below and above its centre, targets where
+    those edge points go; one edge point alone would ask a drag that also moves the object). The edited object stays inside the image and clear of the other;
     draws that break this are retried with a derived rng, so the case is deterministic in `seed` (>= 0).
     """
     if mode not in MODES:
@@ -406,13 +413,14 @@ def drag_case(seed: int, mode: str, size: int = 128) -> DragCase:
     expected, expected_masks = render(edited)
     obj = scene.objects[0]
     if mode == "resize":
-        edge = _boundary_distance(obj)
-        handle = (obj.center[0] + edge, obj.center[1])
-        target = (obj.center[0] + edge * scale, obj.center[1])
+        (cx, cy), drags = obj.center, []
+        for dx, dy in RESIZE_DIRECTIONS:
+            edge = _boundary_distance(obj, (dx, dy))
+            drags.append((cx + dx * edge, cy + dy * edge, cx + dx * edge * scale, cy + dy * edge * scale))
     else:
-        handle = centroid(masks[0])
-        target = (handle[0] + offset[0], handle[1] + offset[1])
-    return DragCase(mode, scene, 0, image, masks[0], handle, target, offset, scale, expected, expected_masks[0])
+        hx, hy = centroid(masks[0])
+        drags = [(hx, hy, hx + offset[0], hy + offset[1])]
+    return DragCase(mode, scene, 0, image, masks[0], tuple(drags), offset, scale, expected, expected_masks[0])
 
 
 # ------------------------------------------------------------------------------------------------------ CLI
@@ -431,13 +439,14 @@ def _grid(tiles: list[np.ndarray], per_row: int) -> Image.Image:
     return sheet
 
 
-def _with_points(image: np.ndarray, handle: Point, target: Point) -> np.ndarray:
-    """The image with the handle as a red dot and the target as a blue dot, as the point editor shows them."""
+def _with_points(image: np.ndarray, drags: tuple[Drag, ...]) -> np.ndarray:
+    """The image with each handle as a red dot and each target as a blue dot, as the point editor shows them."""
     picture = Image.fromarray(image)
     draw = ImageDraw.Draw(picture)
     reach = max(1.5, 2.0 * image.shape[0] / BASE_SIZE)
-    for (x, y), colour in ((handle, (255, 0, 0)), (target, (0, 0, 255))):
-        draw.ellipse((x - reach, y - reach, x + reach, y + reach), fill=colour)
+    for hx, hy, tx, ty in drags:
+        for (x, y), colour in (((hx, hy), (255, 0, 0)), ((tx, ty), (0, 0, 255))):
+            draw.ellipse((x - reach, y - reach, x + reach, y + reach), fill=colour)
     return np.asarray(picture)
 
 
@@ -447,7 +456,7 @@ def case_sheet(seed: int, size: int = 128, per_mode: int = 2) -> Image.Image:
     for mode in MODES:
         for k in range(per_mode):
             case = drag_case(seed + k, mode, size)
-            tiles += [_with_points(picture, case.handle, case.target) for picture in (case.image, case.expected)]
+            tiles += [_with_points(picture, case.drags) for picture in (case.image, case.expected)]
     return _grid(tiles, 2)
 
 

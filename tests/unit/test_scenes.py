@@ -182,14 +182,15 @@ def test_move_and_drag_cases_shift_the_object_by_the_offset_from_its_centroid(mo
     for seed in CASE_SEEDS:
         case = S.drag_case(seed, mode)
         assert case.scale == 1.0 and 12 <= math.hypot(*case.offset) <= 32
-        assert case.handle == pytest.approx(S.centroid(case.mask))
-        assert case.target == pytest.approx((case.handle[0] + case.offset[0], case.handle[1] + case.offset[1]))
-        assert case.mask[round(case.handle[1]), round(case.handle[0])] > 0.5
-        assert S.centroid(case.expected_mask) == pytest.approx(case.target, abs=1.0)
+        ((hx, hy, tx, ty),) = case.drags
+        assert (hx, hy) == pytest.approx(S.centroid(case.mask))
+        assert (tx, ty) == pytest.approx((hx + case.offset[0], hy + case.offset[1]))
+        assert case.mask[round(hy), round(hx)] > 0.5
+        assert S.centroid(case.expected_mask) == pytest.approx((tx, ty), abs=1.0)
         assert case.expected_mask.sum() == pytest.approx(case.mask.sum(), rel=0.02)
 
 
-def test_resize_cases_scale_the_object_about_its_centre_from_its_right_edge():
+def test_resize_cases_scale_the_object_about_its_centre_from_four_edge_points():
     for seed in CASE_SEEDS:
         case = S.drag_case(seed, "resize")
         assert 0.65 <= case.scale <= 0.8 or 1.25 <= case.scale <= 1.5
@@ -197,12 +198,15 @@ def test_resize_cases_scale_the_object_about_its_centre_from_its_right_edge():
         assert case.expected_mask.sum() / case.mask.sum() == pytest.approx(case.scale ** 2, rel=0.06)
         assert S.centroid(case.expected_mask) == pytest.approx(S.centroid(case.mask), abs=1.0)
         (cx, cy), radius = case.scene.objects[0].center, case.scene.objects[0].radius
-        assert case.handle[1] == case.target[1] == cy and 0 < case.handle[0] - cx <= radius + 1e-9
-        assert case.target[0] - cx == pytest.approx((case.handle[0] - cx) * case.scale)
-        # the handle is on the visible edge: covered just inside it, bare just outside
-        row = round(cy)
-        assert case.mask[row, math.floor(case.handle[0] - 1.5)] > 0.5
-        assert case.mask[row, math.ceil(case.handle[0] + 1.5)] < 0.5
+        assert len(case.drags) == 4
+        for (hx, hy, tx, ty), (dx, dy) in zip(case.drags, [(1, 0), (-1, 0), (0, 1), (0, -1)]):
+            reach = (hx - cx) * dx + (hy - cy) * dy   # the handle lies on the ray from the centre
+            assert (hx - cx, hy - cy) == pytest.approx((dx * reach, dy * reach)) and 0 < reach <= radius + 1e-9
+            assert (tx - cx, ty - cy) == pytest.approx(((hx - cx) * case.scale, (hy - cy) * case.scale))
+            # the handle is on the visible edge: covered just inside it, bare just outside
+            inside, outside = (hx - 1.5 * dx, hy - 1.5 * dy), (hx + 1.5 * dx, hy + 1.5 * dy)
+            assert case.mask[round(inside[1]), round(inside[0])] > 0.5
+            assert case.mask[round(outside[1]), round(outside[0])] < 0.5
 
 
 def test_both_scales_occur_and_disc_resize_handles_sit_at_the_radius():
@@ -211,13 +215,14 @@ def test_both_scales_occur_and_disc_resize_handles_sit_at_the_radius():
     discs = [c for c in cases if c.scene.objects[0].shape == "disc"]
     assert discs
     for case in discs:
-        obj = case.scene.objects[0]
-        assert case.handle == pytest.approx((obj.center[0] + obj.radius, obj.center[1]))
+        (cx, cy), radius = case.scene.objects[0].center, case.scene.objects[0].radius
+        for hx, hy, _, _ in case.drags:
+            assert math.hypot(hx - cx, hy - cy) == pytest.approx(radius)
 
 
 def test_drag_cases_are_deterministic_in_the_seed():
     first, again, other = S.drag_case(3, "move"), S.drag_case(3, "move"), S.drag_case(4, "move")
-    assert first.scene == again.scene and first.handle == again.handle and first.offset == again.offset
+    assert first.scene == again.scene and first.drags == again.drags and first.offset == again.offset
     assert np.array_equal(first.expected, again.expected) and np.array_equal(first.image, again.image)
     assert first.scene != other.scene
     assert S.drag_case(3, "drag").scene != first.scene
