@@ -441,7 +441,7 @@ class AlDDPolicy(StepPolicy):
         chunk's last tracking: officially the next chunk's first iteration does it), or the no-change limit."""
         stop = torch.zeros((), dtype=torch.bool, device=self._stopped.device)
         if not no_change_only:
-            reached = ~motion_mod.active_points(self.handles, self.targets).any()
+            reached = ~motion_mod.active_points(self.motion, self.handles, self.targets).any()
             self._reached = self._reached | (reached & ~self._stopped)
             stop = stop | reached
         if self.settings.max_no_change:

@@ -15,7 +15,7 @@ from .errors import ArgumentError
 
 VARIANTS = ("gooddrag", "dragdiffusion")
 WEIGHT_RULES = ("2r", "2r+1")
-REACH_RADIUS = 2.0  # sup px; a handle this close to its target is done (both codes: drag_utils.py, "< 2.0")
+OFFICIAL_REACH = 2.0  # sup px; both codes count a handle this close to its target as done (drag_utils.py, "< 2.0")
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,10 @@ class MotionSupervision:
     beta: the GoodDrag step bound in sup px (4 = 8 image px per step); DragDiffusion steps 1 px and ignores it.
     lam: weight of the masked latent term lam * sum|(z_{t-1} - z0_{t-1}) * (1 - M)|; GD bench 0.1, UI 0.2, DD 0.1.
     weight_rule: "2r" -> (2*r1)^2 (GoodDrag's code), "2r+1" -> (2*r1+1)^2 (DragDiffusion); None: the variant's own.
+    reach: how close (sup px) a handle must come to its target to count as arrived; it stops being dragged there.
+        The engine's handles and targets are whole sup px, so the default 1.0 asks for the target's own cell.
+        Both codes use OFFICIAL_REACH (2.0), which counts the 8 cells around it as arrived: a drag of one cell
+        (2 image px), such as a small object's edge in a resize, was never made, and the others stop a cell short.
     regularize_empty_mask: what an empty (all-zero) or absent mask means. False (default): no region was given,
         so there is no latent term, as DragDiffusion since commit e86e49a. True: GoodDrag's official behaviour,
         where M = 0 everywhere regularizes the whole latent (gooddrag.md §3.2 step 3, DD issue #45).
@@ -36,6 +40,7 @@ class MotionSupervision:
     beta: float = 4.0
     lam: float = 0.1
     weight_rule: str | None = None
+    reach: float = 1.0
     regularize_empty_mask: bool = False
 
     def __post_init__(self):
@@ -45,6 +50,8 @@ class MotionSupervision:
             raise ArgumentError("r1", f"must be an integer >= 1 (sup-res px), got {self.r1!r}")
         if not self.beta > 0:
             raise ArgumentError("beta", f"must be > 0 (sup-res px per step), got {self.beta!r}")
+        if not self.reach > 0:
+            raise ArgumentError("reach", f"must be > 0 (sup-res px), got {self.reach!r}")
         if not self.lam >= 0:
             raise ArgumentError("lam", f"must be >= 0, got {self.lam!r}")
         if self.weight_rule is not None and self.weight_rule not in WEIGHT_RULES:
@@ -62,14 +69,9 @@ GOODDRAG_MOTION = MotionSupervision("gooddrag", r1=4, beta=4.0, lam=0.1)
 DRAGDIFFUSION_MOTION = MotionSupervision("dragdiffusion", r1=1, beta=1.0, lam=0.1)
 
 
-def active_points(handles: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """bool [N]: points still at least REACH_RADIUS from their target; the others contribute nothing."""
-    return (targets - handles).float().norm(dim=1) >= REACH_RADIUS
-
-
-def all_reached(handles: torch.Tensor, targets: torch.Tensor) -> bool:
-    """Whether every handle is within REACH_RADIUS of its target; one device sync (the early-stop test)."""
-    return not bool(active_points(handles, targets).any())
+def active_points(spec: MotionSupervision, handles: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """bool [N]: points still at least spec.reach from their target; the others contribute nothing."""
+    return (targets - handles).float().norm(dim=1) >= spec.reach
 
 
 def step_vectors(spec: MotionSupervision, handles: torch.Tensor, targets: torch.Tensor,
@@ -80,10 +82,10 @@ def step_vectors(spec: MotionSupervision, handles: torch.Tensor, targets: torch.
     """
     delta = (targets - handles).to(dtype)
     dist = delta.norm(dim=1, keepdim=True)
-    d = delta / dist.clamp(min=REACH_RADIUS)
+    d = delta / dist.clamp(min=spec.reach)
     if spec.variant == "gooddrag":
         d = d * dist.clamp(max=spec.beta)
-    return torch.where(dist >= REACH_RADIUS, d, torch.zeros_like(d))
+    return torch.where(dist >= spec.reach, d, torch.zeros_like(d))
 
 
 def sample_patch(features: torch.Tensor, centers: torch.Tensor, r: int) -> torch.Tensor:
@@ -130,7 +132,7 @@ def drag_loss(spec: MotionSupervision, features: torch.Tensor, handles: torch.Te
     d = step_vectors(spec, handles, targets, torch.float64)
     moved = sample_patch(features, handles.to(torch.float64) + d, spec.r1)
     diff = (moved - reference.to(moved.dtype)).abs()
-    weight = active_points(handles, targets).to(diff.dtype) * spec.patch_weight
+    weight = active_points(spec, handles, targets).to(diff.dtype) * spec.patch_weight
     loss = diff.new_zeros(())
     for n in range(diff.shape[0]):  # one mean per point: the same bits as a per-point loop, whatever N is
         loss = loss + diff[n].mean() * weight[n]

@@ -39,6 +39,13 @@ class DragEditMotionSupervision(DragEditNode):
                 io.Float.Input("beta", default=spec.beta, min=0.5, max=64.0, step=0.5,
                                tooltip="gooddrag only: the longest step per update, feature px (GoodDrag 4 = 8 "
                                        "image px). dragdiffusion always steps 1 px."),
+                io.Float.Input("reach", default=spec.reach, min=0.1, max=16.0, step=0.1,
+                               tooltip="How close (feature px) a handle must come to its target to count as "
+                                       "arrived. Handles and targets sit on whole feature px (2 image px), so the "
+                                       "default 1 asks for the target's own feature pixel; both official codes "
+                                       f"use {motion.OFFICIAL_REACH:g}, which counts the 8 around it as arrived "
+                                       "and so never makes a drag of one feature pixel, such as a small "
+                                       "object's edge in a resize."),
                 io.Float.Input("lam", display_name=LABELS["lam"], default=spec.lam, min=0.0, max=10.0, step=0.01,
                                tooltip="Weight of the latent term λ·Σ|Δz_{t-1}·(1-mask)| that keeps the region "
                                        "outside the editable mask unchanged. GoodDrag bench 0.1 (its UI 0.2), "
@@ -53,9 +60,9 @@ class DragEditMotionSupervision(DragEditNode):
         )
 
     @classmethod
-    def execute(cls, variant, r1, beta, lam, empty_mask) -> io.NodeOutput:
+    def execute(cls, variant, r1, beta, reach, lam, empty_mask) -> io.NodeOutput:
         try:
-            spec = motion.MotionSupervision(variant, r1=r1, beta=beta, lam=lam,
+            spec = motion.MotionSupervision(variant, r1=r1, beta=beta, reach=reach, lam=lam,
                                             regularize_empty_mask=EMPTY_MASK[empty_mask])
         except ArgumentError as err:
             raise from_argument(NAME, err, LABELS) from None

@@ -97,10 +97,10 @@ def test_a_drag_runs_end_to_end_and_moves_the_edit(nodes_, sd15, bank, cond, rec
 
 @pytest.mark.parametrize("preset", ["gooddrag", "dragdiffusion"])
 def test_handles_on_their_targets_give_the_source_reconstruction(nodes_, sd15, bank, cond, reconstruction, preset):
-    pts = points((20.0, 30.0, 20.0, 30.0), (50.0, 10.0, 51.0, 11.0))
+    pts = points((20.0, 30.0, 20.0, 30.0), (50.0, 10.0, 50.5, 10.5))   # the second target in its handle's feature px
     latent, final, _ = schedule(nodes_, sd15[0], bank, cond, pts, preset=preset)
     torch.testing.assert_close(latent["samples"], reconstruction, atol=1e-5, rtol=1e-5)
-    assert final.pairs == ((20.0, 30.0, 20.0, 30.0), (50.0, 10.0, 51.0, 11.0))
+    assert final.pairs == ((20.0, 30.0, 20.0, 30.0), (50.0, 10.0, 50.5, 10.5))
 
 
 @pytest.mark.parametrize("keep_outside", [True, False], ids=["keep_outside", "official"])
@@ -150,14 +150,16 @@ def test_progress_counts_drags_and_denoise_steps_and_is_interruptible(nodes_, sd
 
 
 def test_motion_supervision_node(nodes_):
-    spec = run_node(nodes_.motion, variant="dragdiffusion", r1=1, beta=4.0, lam=0.2, empty_mask=NO_REGION).result[0]
-    assert spec == motion.MotionSupervision("dragdiffusion", r1=1, beta=4.0, lam=0.2, regularize_empty_mask=False)
-    frozen = run_node(nodes_.motion, variant="gooddrag", r1=4, beta=4.0, lam=0.1,
+    spec = run_node(nodes_.motion, variant="dragdiffusion", r1=1, beta=4.0, reach=2.0, lam=0.2,
+                    empty_mask=NO_REGION).result[0]
+    assert spec == motion.MotionSupervision("dragdiffusion", r1=1, beta=4.0, reach=2.0, lam=0.2,
+                                            regularize_empty_mask=False)
+    frozen = run_node(nodes_.motion, variant="gooddrag", r1=4, beta=4.0, reach=1.0, lam=0.1,
                       empty_mask="freeze all (GoodDrag code)").result[0]
     assert frozen.regularize_empty_mask and frozen.patch_weight == 64
     required = nodes_.motion.GET_NODE_INFO_V1()["input"]["required"]
     defaults = {name: spec[1]["default"] for name, spec in required.items()}
-    assert defaults == dict(variant="gooddrag", r1=4, beta=4.0, lam=0.1, empty_mask=NO_REGION)
+    assert defaults == dict(variant="gooddrag", r1=4, beta=4.0, reach=1.0, lam=0.1, empty_mask=NO_REGION)
 
 
 def test_point_tracker_node_and_its_search_window_preview(nodes_):

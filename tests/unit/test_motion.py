@@ -4,6 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from comfyui_dragedit.kernels import motion
+from comfyui_dragedit.kernels.errors import ArgumentError
 from comfyui_dragedit.kernels.motion import MotionSupervision
 
 
@@ -55,7 +56,7 @@ def test_patches_at_the_border_replicate_the_edge_like_grid_sample(center):
 
 def test_step_length_is_min_beta_dist_for_gooddrag_and_one_for_dragdiffusion():
     handles = torch.tensor([[10, 10], [10, 10], [10, 10], [10, 10]])
-    targets = torch.tensor([[10, 40], [13, 14], [11, 11], [10, 10]])
+    targets = torch.tensor([[10, 40], [13, 14], [10.5, 10.5], [10, 10]])
     gd = motion.step_vectors(MotionSupervision("gooddrag", beta=4.0), handles, targets, torch.float64)
     dd = motion.step_vectors(MotionSupervision("dragdiffusion"), handles, targets, torch.float64)
     torch.testing.assert_close(gd.norm(dim=1), torch.tensor([4.0, 4.0, 0.0, 0.0], dtype=torch.float64))
@@ -100,8 +101,8 @@ def test_weight_rule_overrides_the_variant():
 
 
 @pytest.mark.parametrize("variant", ["gooddrag", "dragdiffusion"])
-def test_points_within_two_px_contribute_nothing(variant):
-    spec = MotionSupervision(variant, r1=2)
+def test_points_within_reach_contribute_nothing(variant):
+    spec = MotionSupervision(variant, r1=2, reach=motion.OFFICIAL_REACH)
     cur, ref = _map(3, 32, 32, seed=4).requires_grad_(True), _map(3, 32, 32, seed=5)
     handles = torch.tensor([[10, 10], [20, 20]])
     origins = handles.clone()
@@ -112,9 +113,30 @@ def test_points_within_two_px_contribute_nothing(variant):
     torch.testing.assert_close(both, first, rtol=0, atol=0)
     done = motion.drag_loss(spec, cur, handles, handles + torch.tensor([[0, 1], [1, 1]]), ref, origins)
     assert done.item() == 0.0
-    assert motion.active_points(handles, near).tolist() == [True, False]
-    assert not motion.all_reached(handles, near)
-    assert motion.all_reached(handles, handles + torch.tensor([[1, 1], [0, -1]]))
+    assert motion.active_points(spec, handles, near).tolist() == [True, False]
+    assert motion.active_points(spec, handles, handles + torch.tensor([[1, 1], [0, -1]])).tolist() == [False, False]
+
+
+@pytest.mark.parametrize("variant", ["gooddrag", "dragdiffusion"])
+def test_the_default_reach_makes_the_one_cell_drags_the_official_reach_leaves_undone(variant):
+    cur, ref = _map(3, 32, 32, seed=4).requires_grad_(True), _map(3, 32, 32, seed=5)
+    handles = torch.tensor([[10, 10], [20, 20]])
+    neighbours = torch.tensor([[10, 11], [21, 21]])   # the engine's points are whole sup px: one cell over, diagonal
+    official = MotionSupervision(variant, r1=2, reach=motion.OFFICIAL_REACH)
+    default = MotionSupervision(variant, r1=2)
+    assert default.reach == 1.0
+    assert motion.drag_loss(official, cur, handles, neighbours, ref, handles).item() == 0.0
+    assert motion.drag_loss(default, cur, handles, neighbours, ref, handles).item() > 0
+    step = motion.step_vectors(default, handles, neighbours, torch.float64)
+    lengths = [1.0, 2 ** 0.5] if variant == "gooddrag" else [1.0, 1.0]   # min(beta, dist); DragDiffusion: unit
+    torch.testing.assert_close(step.norm(dim=1), torch.tensor(lengths, dtype=torch.float64))
+    assert motion.active_points(default, handles, handles).tolist() == [False, False]
+
+
+def test_reach_must_be_positive():
+    with pytest.raises(ArgumentError) as err:
+        MotionSupervision("gooddrag", reach=0.0)
+    assert err.value.argument == "reach"
 
 
 def test_gooddrag_needs_the_reference():
