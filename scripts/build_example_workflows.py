@@ -227,7 +227,8 @@ def demo_move(name="demo_move"):
     """The main job: the pack's demo model moves a disc 30 px right on a generated scene, no checkpoint needed.
     The full 50 DDIM steps: the demo UNet is small enough for a minute on a CPU."""
     case = draw_example_inputs.demo_case()
-    arrow = tuple(round(v) for v in case.handle + case.target)
+    (drag,) = case.drags
+    arrow = tuple(round(v) for v in drag)
     size = case.image.shape[0]
     return _dragon(name, [
         node("object", "LoadImageMask", image=draw_example_inputs.DEMO_MASK, channel="red"),
@@ -395,12 +396,20 @@ BUILD_IN_FRONTEND = """async plan => {
     app.canvas.ds.scale = 1;   // every node at the origin, at full size (nothing culled, no minimum font size)
     app.canvas.ds.offset = [100, 100];
     app.canvas.setDirty(true, true);
-    await new Promise(r => setTimeout(r, 1500));
     const scale = app.canvas.ds.scale * 1.2;   // Nodes 2.0 spreads a classic layout by 1.2 when it loads one
-    return Object.fromEntries([...document.querySelectorAll('.lg-node[data-node-id]')].map(e => {
-      const r = e.getBoundingClientRect();
-      return [e.dataset.nodeId, [r.width / scale, r.height / scale - LiteGraph.NODE_TITLE_HEIGHT]];
-    }));
+    const measure = () => JSON.stringify(Object.fromEntries([...document.querySelectorAll('.lg-node[data-node-id]')]
+      .map(e => {
+        const r = e.getBoundingClientRect();
+        return [e.dataset.nodeId, [r.width / scale, r.height / scale - LiteGraph.NODE_TITLE_HEIGHT]];
+      })));
+    // Until two readings 500 ms apart agree: on a loaded machine the nodes are still growing after a fixed wait.
+    await new Promise(r => setTimeout(r, 1500));
+    let last = null, now = measure();
+    for (let tries = 0; (now !== last || now === "{}") && tries < 40; tries++) {
+      await new Promise(r => setTimeout(r, 500));
+      [last, now] = [now, measure()];
+    }
+    return JSON.parse(now);
   }
   const title = LiteGraph.NODE_TITLE_HEIGHT;
   let columns = [];
