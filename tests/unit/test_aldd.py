@@ -95,6 +95,16 @@ def test_no_drag_gives_the_source_reconstruction(preset, targets):
     assert torch.equal(out, source)
 
 
+@pytest.mark.parametrize("preset", [GOODDRAG, DRAGDIFFUSION], ids=["gooddrag", "dragdiffusion"])
+def test_a_one_cell_drag_is_made_at_the_default_reach_and_skipped_at_the_official_one(preset):
+    handles, targets = _xy([20, 30]), _xy([22, 30])   # 2 image px: one sup cell to the right
+    official = dataclasses.replace(preset.motion, reach=motion.OFFICIAL_REACH)
+    out, policy, _ = _run(preset.settings, official, preset.tracker, handles, targets, mask=torch.ones(64, 64))
+    assert policy.grad_steps == 0 and policy.stop_reason == "reached" and torch.equal(out[1], out[0])
+    out, policy, _ = _run(preset.settings, preset.motion, preset.tracker, handles, targets, mask=torch.ones(64, 64))
+    assert policy.grad_steps > 0 and not torch.equal(out[1], out[0])
+
+
 def test_zero_drag_steps_is_a_plain_denoise():
     settings = dataclasses.replace(GOODDRAG.settings, drag_steps=0)
     out, policy, unet = _run(settings, GOODDRAG.motion, GOODDRAG.tracker, _xy([10, 10]), _xy([50, 50]))
@@ -234,10 +244,10 @@ def test_dragdiffusion_switches_reproduce_a_plain_dragdiffusion_loop_bit_for_bit
     handles, targets = _xy([12, 14], [46, 50]), _xy([30, 20], [40, 36])
     mask = torch.zeros(64, 64)
     mask[4:40, 4:60] = 1
-    out, policy, _ = _run(DRAGDIFFUSION.settings, DRAGDIFFUSION.motion, DRAGDIFFUSION.tracker, handles, targets,
-                          mask=mask)
+    official = dataclasses.replace(DRAGDIFFUSION.motion, reach=motion.OFFICIAL_REACH)   # the loop's "< 2.0"
+    out, policy, _ = _run(DRAGDIFFUSION.settings, official, DRAGDIFFUSION.tracker, handles, targets, mask=mask)
     sup = aldd.supervision_size(IMAGE)
-    keep = motion.latent_keep(mask, sup, (8, 8), DRAGDIFFUSION.motion)
+    keep = motion.latent_keep(mask, sup, (8, 8), official)
     h_rc = aldd.to_supervision(handles, IMAGE, sup).to(F64)
     g_rc = aldd.to_supervision(targets, IMAGE, sup).to(F64)
     with torch.enable_grad():
